@@ -1,0 +1,111 @@
+"""Settings: defaults, overridden by an optional TOML file, overridden by GRIDLINE_* variables.
+
+The TOML file is `config/gridline.toml` unless GRIDLINE_CONFIG names another. Keys are the field
+names below (`public_url = "https://..."`); routing overrides live in `[[routing.overrides]]`
+tables with `category`, `area` (a grid code prefix) and `department`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
+SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
+
+
+@dataclass(frozen=True)
+class RoutingOverride:
+    """Send `category` appeals located inside grid `area` (and its subtree) to `department`."""
+
+    category: str
+    area: str
+    department: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("var")
+    config_dir: Path = Path("config")
+    database_url: str = ""  # empty: SQLite file under home
+    redis_url: str = ""  # empty: Gridline starts a private redis-server under home
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # the URL Twilio calls; empty: http://host:port
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from_number: str = "+8617000000000"
+    twilio_api_base: str = ""  # empty with no account: the loopback sandbox
+    sandbox_port: int = 8089
+    workers: int = 2
+    triage_department: str = "GRID_CENTER"
+    classifier_threshold: float = 0.5
+    send_batch: int = 200
+    routing_overrides: tuple[RoutingOverride, ...] = field(default_factory=tuple)
+
+    @property
+    def city_dir(self) -> Path:
+        return self.config_dir / "city"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'gridline.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def sandbox(self) -> bool:
+        """No real Twilio account configured: talk to the loopback sandbox instead."""
+        return not self.twilio_account_sid
+
+    @property
+    def twilio_credentials(self) -> tuple[str, str]:
+        if self.sandbox:
+            return SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN
+        return self.twilio_account_sid, self.twilio_auth_token
+
+    @property
+    def twilio_base(self) -> str:
+        if self.twilio_api_base:
+            return self.twilio_api_base.rstrip("/")
+        return f"http://127.0.0.1:{self.sandbox_port}" if self.sandbox else "https://api.twilio.com"
+
+
+def _coerce(kind: type, raw: str | int | float | bool):
+    if kind is Path:
+        return Path(raw)
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    return str(raw)
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    config_dir = Path(env.get("GRIDLINE_CONFIG_DIR", "config"))
+    toml_path = Path(env.get("GRIDLINE_CONFIG", config_dir / "gridline.toml"))
+    values: dict = {}
+    if toml_path.is_file():
+        data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        overrides = data.pop("routing", {}).get("overrides", [])
+        values["routing_overrides"] = tuple(RoutingOverride(**o) for o in overrides)
+        values.update(data)
+    kinds = {f.name: f.type for f in fields(Settings)}
+    for name, kind in kinds.items():
+        env_value = env.get(f"GRIDLINE_{name.upper()}")
+        if env_value is not None:
+            values[name] = env_value
+    type_of = {"Path": Path, "int": int, "float": float, "str": str}
+    for name, value in list(values.items()):
+        kind = type_of.get(str(kinds.get(name, "")))
+        if name not in kinds:
+            raise ValueError(f"unknown setting {name!r} in {toml_path}")
+        if kind is not None:
+            values[name] = _coerce(kind, value)
+    values.setdefault("config_dir", config_dir)
+    return Settings(**values)
