@@ -301,7 +301,8 @@ def _load_residents(r: _Reader, grids: dict[str, Grid], phones: set[str]) -> dic
         _check_phone(r, "residents.csv", n, row["phone"], phones)
         channel = row["preferred_channel"] or "sms"
         if channel not in CHANNELS:
-            r.fail("residents.csv", n, "preferred_channel", f"{channel!r} is not one of {', '.join(CHANNELS)}")
+            r.fail("residents.csv", n, "preferred_channel",
+                   f"{channel!r} is not one of {', '.join(CHANNELS)}")
         chat = r.convert("residents.csv", n, "telegram_chat_id", row["telegram_chat_id"], _chat_id)
         birth = r.convert("residents.csv", n, "birth_year", row["birth_year"], _chat_id)
         residents[resident_id] = Resident(resident_id, row["name"], row["phone"], row["grid_code"],

@@ -40,9 +40,11 @@ class Settings:
     twilio_api_base: str = ""  # empty with no account: the loopback sandbox
     sandbox_port: int = 8089
     workers: int = 2
+    timezone: str = "Asia/Shanghai"  # residents and operators see local times
     triage_department: str = "GRID_CENTER"
     classifier_threshold: float = 0.5
-    send_batch: int = 200
+    sweep_interval: float = 2.0  # seconds between sweeps for work rq lost
+    stale_after: float = 10.0  # seconds before unfinished work counts as lost
     routing_overrides: tuple[RoutingOverride, ...] = field(default_factory=tuple)
 
     @property
@@ -75,37 +77,29 @@ class Settings:
         return f"http://127.0.0.1:{self.sandbox_port}" if self.sandbox else "https://api.twilio.com"
 
 
-def _coerce(kind: type, raw: str | int | float | bool):
-    if kind is Path:
-        return Path(raw)
-    if kind is int:
-        return int(raw)
-    if kind is float:
-        return float(raw)
-    return str(raw)
+# Field annotations are strings (postponed evaluation); these are the ones a variable can set.
+COERCE = {"Path": Path, "int": int, "float": float, "str": str}
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     config_dir = Path(env.get("GRIDLINE_CONFIG_DIR", "config"))
     toml_path = Path(env.get("GRIDLINE_CONFIG", config_dir / "gridline.toml"))
-    values: dict = {}
+    values: dict = {"config_dir": config_dir}
     if toml_path.is_file():
         data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
         overrides = data.pop("routing", {}).get("overrides", [])
         values["routing_overrides"] = tuple(RoutingOverride(**o) for o in overrides)
         values.update(data)
-    kinds = {f.name: f.type for f in fields(Settings)}
-    for name, kind in kinds.items():
+    kinds = {f.name: str(f.type) for f in fields(Settings)}
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} in {toml_path}")
+    for name in kinds:
         env_value = env.get(f"GRIDLINE_{name.upper()}")
         if env_value is not None:
             values[name] = env_value
-    type_of = {"Path": Path, "int": int, "float": float, "str": str}
-    for name, value in list(values.items()):
-        kind = type_of.get(str(kinds.get(name, "")))
-        if name not in kinds:
-            raise ValueError(f"unknown setting {name!r} in {toml_path}")
-        if kind is not None:
-            values[name] = _coerce(kind, value)
-    values.setdefault("config_dir", config_dir)
+    for name, value in values.items():
+        if kinds[name] in COERCE:
+            values[name] = COERCE[kinds[name]](value)
     return Settings(**values)

@@ -1,0 +1,205 @@
+"""Inbound webhook throughput: signed Twilio webhooks at concurrency 64 against a running gateway.
+
+Starts `gridline up` in a scratch folder (real SQLite, private Redis, rq workers), pre-signs
+N distinct webhooks with twilio's RequestValidator, drives them with wrk, and in the same run
+measures a bare aiohttp hello-world on the same machine for the ratio. Afterwards it checks
+that every 200 is a stored row and waits for the workers to queue every acknowledgement.
+
+    apt-get install wrk      # the load generator (C, so the client is not the bottleneck)
+    .venv/bin/python bench/inbound.py [--seconds 10] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select
+from twilio.request_validator import RequestValidator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.config import load_settings  # noqa: E402
+from gateway.store import InboundRow, OutboxRow  # noqa: E402
+
+WRK_SCRIPT = """
+local bodies, signatures, position = {}, {}, 0
+local thread_count, thread_id = 2, 0
+local counter = 0
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  thread_count = tonumber(args[2])
+  local n = 0
+  for line in io.lines(args[1]) do
+    if n % thread_count == id then
+      local signature, body = line:match("^(%S+) (.*)$")
+      table.insert(signatures, signature)
+      table.insert(bodies, body)
+    end
+    n = n + 1
+  end
+end
+function request()
+  position = position % #bodies + 1
+  return wrk.format("POST", args_path, {["Content-Type"] = "application/x-www-form-urlencoded",
+    ["X-Twilio-Signature"] = signatures[position]}, bodies[position])
+end
+function done(summary, latency, requests)
+  io.write(string.format('RESULT {"requests": %d, "seconds": %f, "non2xx": %d, "socket_errors": %d, ' ..
+    '"p50_ms": %f, "p99_ms": %f}\\n', summary.requests, summary.duration / 1e6, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+HELLO_WORLD = """
+import sys
+from aiohttp import web
+async def hello(request):
+    await request.post()
+    return web.Response(text="hello")
+app = web.Application()
+app.router.add_post("/", hello)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on {url}")
+
+
+def run_wrk(url: str, path: str, script_args: list[str], seconds: int, connections: int,
+            script: str) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script.replace("args_path", json.dumps(path)))
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name, url, "--",
+               *script_args]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def hello_world_rate(seconds: int, connections: int) -> dict:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", HELLO_WORLD, str(port)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as bodies:
+            bodies.write("x a=1&b=2\n")
+        return run_wrk(f"http://127.0.0.1:{port}", "/", [bodies.name, "2"], seconds, connections, WRK_SCRIPT)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def signed_bodies(settings, count: int, path: Path) -> None:
+    """`count` distinct inbound webhooks, as Twilio would sign them, one per line."""
+    account_sid, token = settings.twilio_credentials
+    validator = RequestValidator(token)
+    url = settings.base_url + "/webhooks/twilio/sms"
+    texts = ["翠湖花园3号楼门口垃圾三天没人清了", "幸福路有个井盖坏了，晚上很危险",
+             "The street light outside Sunshine City building 5 is broken", "楼上装修噪音太大，晚上十点还在打电钻"]
+    with path.open("w") as out:
+        for n in range(count):
+            sid = "SM" + secrets.token_hex(16)
+            form = {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": account_sid,
+                    "From": f"+8617{n % 100_000_000:09d}", "To": settings.twilio_from_number,
+                    "Body": texts[n % len(texts)], "NumMedia": "0", "NumSegments": "1",
+                    "SmsStatus": "received", "ApiVersion": "2010-04-01", "FromCountry": "CN", "ToCountry": "CN"}
+            out.write(f"{validator.compute_signature(url, form)} {urllib.parse.urlencode(form)}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--bodies", type=int, default=150_000, help="distinct signed webhooks to cycle through")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    print(f"hello-world: bare aiohttp POST, {args.connections} connections, {args.seconds} s ...", flush=True)
+    hello = hello_world_rate(args.seconds, args.connections)
+
+    home = Path(tempfile.mkdtemp(prefix="gridline-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
+    env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
+                "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port())})
+    settings = load_settings(env)
+    print(f"signing {args.bodies} distinct webhooks ...", flush=True)
+    bodies = home / "bodies.txt"
+    signed_bodies(settings, args.bodies, bodies)
+    print("starting gridline up ...", flush=True)
+    stack = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], cwd=ROOT, env=env,
+                             stdout=(home / "gridline.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://{settings.host}:{settings.port}/healthz")
+        print(f"gateway: signed appeals, {args.connections} connections, {args.seconds} s ...", flush=True)
+        result = run_wrk(f"http://{settings.host}:{settings.port}", "/webhooks/twilio/sms",
+                         [str(bodies), "2"], args.seconds, args.connections, WRK_SCRIPT)
+        accepted = result["requests"] - result["non2xx"]
+        engine = create_engine(settings.sqlalchemy_url)
+        with engine.connect() as connection:
+            stored = connection.execute(select(func.count()).select_from(InboundRow)).scalar_one()
+        started = time.monotonic()
+        while True:  # the workers drain the backlog: every stored appeal gets its acknowledgement queued
+            with engine.connect() as connection:
+                acks = connection.execute(select(func.count()).select_from(OutboxRow)).scalar_one()
+            print(f"\r  acknowledgements queued: {acks}/{stored}", end="", flush=True)
+            if acks >= stored or time.monotonic() - started > 600:
+                break
+            time.sleep(1)
+        drain = time.monotonic() - started
+        print()
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        stack.wait(60)
+
+    hello_rate = hello["requests"] / hello["seconds"]
+    rate = accepted / result["seconds"]
+    rows = [
+        ("bare aiohttp hello-world", f"{hello_rate:,.0f} req/s", f"{hello['p50_ms']:.1f}", f"{hello['p99_ms']:.1f}"),
+        ("gridline signed appeals", f"{rate:,.0f} appeals/s", f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}"),
+    ]
+    print(f"\n{'':<26} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, throughput, p50, p99 in rows:
+        print(f"{name:<26} {throughput:>18} {p50:>8} {p99:>8}")
+    print(f"\nratio to hello-world: {rate / hello_rate:.0%} (goal >= 40%)")
+    print(f"answered 200: {accepted}; non-2xx: {result['non2xx']}; socket errors: {result['socket_errors']}")
+    print(f"stored inbound rows: {stored} ({'all' if stored >= accepted else 'MISSING ROWS'}); "
+          f"acknowledgements queued: {acks} after {drain:.0f} s of draining")
+    shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

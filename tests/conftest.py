@@ -1,0 +1,124 @@
+"""Shared fixtures: a real private Redis, a real SQLite store with the sample city, and a whole
+running Gridline (`gridline up` in a subprocess) talking to the loopback Twilio sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def wait_for(condition, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    """A running `gridline up`, its settings and its captured log."""
+
+    settings: Settings
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return self.settings.twilio_base
+
+    def sent_to(self, phone: str) -> list[dict]:
+        """Messages the sandbox Twilio accepted for `phone`, oldest first."""
+        query = urllib.parse.urlencode({"to": phone})
+        _, body = http_json("GET", f"{self.sandbox_url}/_sandbox/messages?{query}")
+        return body["messages"]
+
+    def wait_sent(self, phone: str, count: int = 1, timeout: float = 20.0) -> list[dict]:
+        return wait_for(lambda: (m := self.sent_to(phone)) and len(m) >= count and m,
+                        timeout, what=f"{count} message(s) to {phone}")
+
+    def gridline(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=self.env, cwd=ROOT,
+                              input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
+    env.update({
+        "GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(CONFIG),
+        "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
+        "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
+    })
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("gridline-home")
+    env = stack_environment(home)
+    log_path = home / "gridline.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], env=env, cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    running = Stack(load_settings(env), process, log_path, env)
+    try:
+        wait_for(lambda: "Gridline is up" in log_path.read_text() or process.poll() is not None,
+                 timeout=60, what="gridline up")
+        if process.poll() is not None:
+            raise RuntimeError("gridline up failed:\n" + log_path.read_text())
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+@pytest.fixture(scope="session")
+def store_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A migrated SQLite store holding the sample city, for tests below the HTTP layer."""
+    from gateway.supervisor import prepare_store
+
+    settings = replace(load_settings({}), home=tmp_path_factory.mktemp("store"), config_dir=CONFIG)
+    prepare_store(settings)
+    return settings
