@@ -19,7 +19,7 @@ TEMPLATES: dict[str, dict[str, str]] = {
               "The grid centre will review and assign it shortly. Reply with the case number or "
               "STATUS to follow it.",
     },
-    "area_known": {"zh": "所在网格：{community}{grid}", "en": "area: {grid}"},
+    "area_known": {"zh": "所在网格：{grid}", "en": "area: {grid}"},
     "area_unknown": {"zh": "地点待核实", "en": "location to be confirmed"},
     "category_unknown": {"zh": "待分类", "en": "to be classified"},
     "status_line": {

@@ -20,7 +20,7 @@ CITY = load_city(CONFIG / "city")
 ZH_RESIDENT = next(r for r in CITY.residents.values() if r.language == "zh" and r.preferred_channel == "sms")
 EN_RESIDENT = next(r for r in CITY.residents.values() if r.language == "en")
 SMS_PATH = "/webhooks/twilio/sms"
-CASE_NUMBER = re.compile(r"\b(\d{10})\b")
+CASE_NUMBER = re.compile(r"(?<!\d)(\d{10})(?!\d)")
 
 
 def db(stack):

@@ -1,0 +1,231 @@
+"""Twilio SMS: webhook signatures, webhook bodies, delivery reports, and sending.
+
+Twilio posts inbound messages and delivery reports as form-encoded bodies signed with
+X-Twilio-Signature (HMAC-SHA1 over the URL it called plus the sorted parameters, keyed with the
+auth token). We send through the official client, whose REST path is
+`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`; only the host changes for the sandbox.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import requests
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator, add_port, compare, remove_port
+from twilio.rest import Client
+
+from adapters import DeliveryStatus, InboundError, InboundMessage, SendError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+SEND_TIMEOUT = 10.0  # seconds, for connecting and for each read; twilio-python waits forever by default
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+# --- signatures -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _validator(auth_token: str) -> RequestValidator:
+    return RequestValidator(auth_token)
+
+
+class _Form(dict[str, str]):
+    """A dict that also answers MultiDict's `getall`.
+
+    RequestValidator asks each parameter for `getall`, then `getlist`, then plain indexing, so a bare
+    dict costs it two caught AttributeErrors per parameter.
+    """
+
+    def getall(self, key: str) -> list[str]:
+        return [self[key]]
+
+
+def _signable(params: Mapping[str, str]) -> Mapping[str, str]:
+    return params if hasattr(params, "getall") else _Form(params)
+
+
+def sign(url: str, params: Mapping[str, str], auth_token: str) -> str:
+    """The X-Twilio-Signature Twilio would send when posting `params` to `url`."""
+    return _validator(auth_token).compute_signature(url, _signable(params))
+
+
+def verify(url: str, params: Mapping[str, str], signature: str | None, auth_token: str) -> bool:
+    """Is `signature` what Twilio sends for this form posted to `url` (our public URL + path + query)?
+
+    Accepts exactly what `RequestValidator.validate` accepts for form bodies: Twilio is inconsistent
+    about signing the URL with or without its port, so both forms pass. `validate` always computes
+    both signatures; we compute the other form only when the URL as given does not match.
+    Pass an aiohttp/multidict MultiDict to have repeated parameters signed the way Twilio does.
+    """
+    if not signature:
+        return False
+    validator = _validator(auth_token)
+    form = _signable(params)
+    parsed = urlparse(url)
+    if compare(validator.compute_signature(parsed.geturl(), form), signature):
+        return True
+    other = remove_port(parsed) if parsed.port else add_port(parsed)
+    return compare(validator.compute_signature(other, form), signature)
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+
+def _media_count(params: Mapping[str, str]) -> int:
+    raw = params.get("NumMedia") or "0"
+    if not raw.isdigit():
+        raise InboundError(400, f"invalid NumMedia {raw!r}")
+    return int(raw)
+
+
+def parse_inbound(params: Mapping[str, str]) -> InboundMessage:
+    """An inbound SMS/MMS webhook → InboundMessage; InboundError(400) names the first missing field.
+
+    Twilio joins a multipart SMS into one Body before calling us, so Body is the whole text.
+    Body may be empty or absent only for MMS (NumMedia > 0), whose MediaUrl0..N-1 become `media`.
+    """
+    provider_id = params.get("MessageSid") or params.get("SmsMessageSid")
+    if not provider_id:
+        raise InboundError(400, "missing MessageSid")
+    sender = params.get("From")
+    if not sender:
+        raise InboundError(400, "missing From")
+    media = []
+    for index in range(_media_count(params)):
+        url = params.get(f"MediaUrl{index}")
+        if not url:
+            raise InboundError(400, f"missing MediaUrl{index}")
+        media.append(url)
+    text = params.get("Body")
+    if not text and not media:
+        raise InboundError(400, "missing Body" if text is None else "empty Body")
+    return InboundMessage(channel="sms", provider_id=provider_id, sender=sender, text=text or "",
+                          media=tuple(media))
+
+
+# Delivery states of a message we sent, in the order they can legitimately follow each other.
+# Twilio posts reports concurrently, so they may arrive out of order: store a report only when
+# status_rank(new) > status_rank(stored). Outcomes share one rank so the first verdict sticks
+# (a late "sent" cannot undo "delivered", nor a "failed" overwrite "delivered"); "read" (read
+# receipts, WhatsApp/RCS) is the one thing that may follow "delivered". Inbound-only states
+# (receiving, received) are not delivery reports and are absent on purpose.
+STATUS_ORDER: Mapping[str, int] = MappingProxyType({
+    "scheduled": 0,  # created with SendAt, waiting for its time
+    "accepted": 1,  # taken by a Messaging Service, no sender chosen yet
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,  # handed to the carrier
+    "partially_delivered": 4,  # some parts confirmed; a final verdict may still follow
+    "delivered": 5,
+    "undelivered": 5,
+    "failed": 5,
+    "canceled": 5,  # a scheduled message called off
+    "read": 6,
+})
+
+
+def status_rank(status: str) -> int:
+    """Position of `status` in STATUS_ORDER; -1 when unknown, so any real report replaces it."""
+    return STATUS_ORDER.get(status, -1)
+
+
+def parse_status(params: Mapping[str, str]) -> DeliveryStatus:
+    """A StatusCallback post → DeliveryStatus; InboundError(400) if it is not one we understand."""
+    provider_id = params.get("MessageSid")
+    if not provider_id:
+        raise InboundError(400, "missing MessageSid")
+    status = params.get("MessageStatus") or params.get("SmsStatus")
+    if not status:
+        raise InboundError(400, "missing MessageStatus")
+    if status not in STATUS_ORDER:
+        raise InboundError(400, f"unknown MessageStatus {status!r}")
+    return DeliveryStatus(provider_id=provider_id, status=status, error_code=params.get("ErrorCode") or None)
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+def make_client(settings: Settings) -> Client:
+    """A twilio Client for `settings.twilio_base` with a 10 s timeout and no retries.
+
+    The client builds every URL from `client.api.base_url` ("https://api.twilio.com") plus the real
+    REST path, so pointing that attribute at the sandbox changes the host and nothing else.
+    """
+    account_sid, auth_token = settings.twilio_credentials
+    http_client = TwilioHttpClient(timeout=SEND_TIMEOUT)
+    if urlparse(settings.twilio_base).hostname in _LOOPBACK_HOSTS:
+        # requests would send loopback calls to an HTTP(S)_PROXY found in the environment.
+        http_client.session.trust_env = False
+    client = Client(account_sid, auth_token, http_client=http_client)
+    # TWILIO_EDGE / TWILIO_REGION read from os.environ would rewrite the host of every request.
+    client.edge = client.region = None
+    client.api.base_url = settings.twilio_base
+    return client
+
+
+def _rest_error(status: int, code: int | None, message: str) -> SendError:
+    retryable = status == 429 or status >= 500
+    detail = f" (error {code})" if code else ""
+    return SendError(f"Twilio answered {status}{detail}: {message}", retryable=retryable,
+                     code=str(code) if code else None)
+
+
+def send(client: Client, *, from_number: str, to: str, body: str, status_callback: str | None) -> str:
+    """Create the message; returns its MessageSid.
+
+    SendError is retryable for 429, 5xx and network failures; other 4xx are final and carry Twilio's
+    error code (21610 recipient opted out, 21211 invalid number, ...). A read timeout is retryable
+    but the message may already have been created: check with `messages.list` before resending.
+    """
+    try:
+        message = client.messages.create(to=to, from_=from_number, body=body, status_callback=status_callback)
+    except TwilioRestException as error:
+        raise _rest_error(error.status, error.code, error.msg) from error
+    except TwilioServiceException as error:  # the RFC 9457 error shape some Twilio APIs answer with
+        raise _rest_error(error.status, error.code, error.detail or error.title) from error
+    except requests.ConnectionError as error:  # includes ConnectTimeout: nothing reached Twilio
+        raise SendError(f"cannot reach Twilio: {error}", retryable=True) from error
+    except requests.Timeout as error:
+        raise SendError(f"no answer from Twilio within {SEND_TIMEOUT:g} s; the message may have been created",
+                        retryable=True) from error
+    return message.sid
+
+
+# --- segments -------------------------------------------------------------------------------
+
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")  # sent as ESC + character: two septets
+
+
+def segments(text: str) -> int:
+    """How many SMS parts (billed messages) `text` takes.
+
+    GSM-7 text fits 160 septets in one SMS, 153 per part once split; anything else (Chinese, emoji)
+    is UCS-2/UTF-16: 70 code units, 67 per part. A two-unit character (GSM-7 escape, emoji
+    surrogate pair) is never split across parts. An empty text still costs one SMS.
+    """
+    if all(char in _GSM7_BASIC or char in _GSM7_EXTENDED for char in text):
+        units = [2 if char in _GSM7_EXTENDED else 1 for char in text]
+        single, per_part = 160, 153
+    else:
+        units = [2 if ord(char) > 0xFFFF else 1 for char in text]
+        single, per_part = 70, 67
+    if sum(units) <= single:
+        return 1
+    parts, used = 1, 0
+    for width in units:
+        if used + width > per_part:
+            parts, used = parts + 1, 0
+        used += width
+    return parts
