@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--bodies", type=int, default=150_000, help="distinct signed webhooks to cycle through")
+    parser.add_argument("--workers", type=int, default=2, help="rq workers draining appeals during the run")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
@@ -154,7 +155,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="gridline-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
     env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
-                "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port())})
+                "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
+                "GRIDLINE_WORKERS": str(args.workers)})
     settings = load_settings(env)
     print(f"signing {args.bodies} distinct webhooks ...", flush=True)
     bodies = home / "bodies.txt"

@@ -1,0 +1,7 @@
+"""Broadcast notices: an audience expression, per-language templates, durable batched fan-out.
+
+Read top to bottom: `audience` (who), `templates` (what each resident gets), `schedule` (when:
+quiet hours), `service` (create / preview / send / pause / resume / cancel / status), `fanout`
+(the rq jobs and the sweep that make sending durable), `senders` + `ratelimit` (how fast),
+`cli` and `api` (the operator's two doors).
+"""

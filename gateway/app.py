@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from importlib import import_module
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -156,11 +158,12 @@ async def health(_request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
-    sessions = session_factory(make_engine(settings.sqlalchemy_url))
+    engine = make_engine(settings.sqlalchemy_url)
+    sessions = session_factory(engine)
     with sessions() as session:
         city = load_city_from_store(session)
     inbound_queue = Queue(INBOUND_QUEUE, connection=connect(settings.redis_url))
-    intake = Intake(sessions, lambda ids: jobs.enqueue_inbound(inbound_queue, ids))
+    intake = Intake(engine, lambda ids: jobs.enqueue_inbound(inbound_queue, ids))
 
     app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
@@ -169,6 +172,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)
     app.router.add_get("/healthz", health)
+    # Late, and handing over this very module: under `python -m` it is __main__, not gateway.app.
+    import_module("broadcasts.api").add_routes(app, sys.modules[__name__])
 
     async def close_intake(_app: web.Application) -> None:
         intake.close()

@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from broadcasts.cli import register as register_broadcast
 from gateway.city import CityImportError, load_city
 from gateway.config import Settings, load_settings
 from gateway.logs import setup_logging
@@ -181,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("eval", help="score the classifier on a labelled JSON-lines file")
     p.add_argument("file")
     p.set_defaults(run=command_eval)
+
+    register_broadcast(commands)
     return main
 
 

@@ -45,6 +45,18 @@ class Settings:
     classifier_threshold: float = 0.5
     sweep_interval: float = 2.0  # seconds between sweeps for work rq lost
     stale_after: float = 10.0  # seconds before unfinished work counts as lost
+    # Broadcasts (broadcasts/): signature, quiet hours, provider rate limits and the cost estimate.
+    sms_signature: str = ""  # put before every broadcast SMS, e.g. 【某区网格中心】
+    quiet_hours: str = "21:00-08:00"  # local time when non-emergency notices wait; "" = none
+    sms_rate_limit: float = 100.0  # SMS per second across all workers; 0 = no limit
+    sms_rate_unit: str = "segments"  # what sms_rate_limit counts: "messages" or "segments"
+    sms_segment_cost: float = 0.05  # price of one SMS segment, for the preview
+    sms_cost_currency: str = "CNY"
+    telegram_rate_limit: float = 30.0  # Telegram messages per second overall; 0 = no limit
+    telegram_chat_rate_limit: float = 1.0  # Telegram messages per second to one chat
+    broadcast_batch: int = 500  # deliveries per rq job
+    broadcast_concurrency: int = 50  # provider calls in flight per job
+    broadcast_claim_timeout: float = 30.0  # seconds in `sending` before a delivery counts as stuck
     routing_overrides: tuple[RoutingOverride, ...] = field(default_factory=tuple)
 
     @property

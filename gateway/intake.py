@@ -13,19 +13,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from adapters import InboundMessage
-from gateway.store import InboundRow, insert_for, utcnow
+from gateway.store import InboundRow, insert_for, session_factory, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class Intake:
-    def __init__(self, sessions: sessionmaker[Session], enqueue: Callable[[list[int]], None],
-                 max_batch: int = 500):
-        self._sessions = sessions
+    def __init__(self, engine: Engine, enqueue: Callable[[list[int]], None], max_batch: int = 500):
+        self._engine = engine
+        self._sessions = session_factory(engine)
+        self._insert = (insert_for(engine, InboundRow).on_conflict_do_nothing()
+                        .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
         self._enqueue = enqueue
         self._max_batch = max_batch
         self._waiting: list[tuple[InboundMessage, asyncio.Future[bool]]] = []
@@ -67,11 +70,9 @@ class Intake:
         now = utcnow()
         values = [{"channel": m.channel, "provider_id": m.provider_id, "sender": m.sender, "text": m.text,
                    "media": list(m.media), "received_at": now} for m in messages]
-        with self._sessions() as session:
-            statement = (insert_for(session, InboundRow).values(values).on_conflict_do_nothing()
-                         .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
-            stored = session.execute(statement).all()
-            session.commit()
+        # One cached statement run as executemany: SQLAlchemy batches it into multi-row INSERTs.
+        with self._engine.begin() as connection:
+            stored = connection.execute(self._insert, values).all()
         if stored:
             try:
                 self._enqueue([row.id for row in stored])

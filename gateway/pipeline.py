@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifiers import Classifier
+from classifiers import Classification, Classifier
 from gateway import cases, replies
 from gateway.city import City
 from gateway.config import Settings
@@ -35,40 +35,69 @@ class World:
     classifier: Classifier
 
 
+@dataclass(frozen=True)
+class Understanding:
+    intent: Intent
+    language: str
+    verdict: Classification | None  # only appeals are classified
+
+
 def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int]) -> list[int]:
-    """Handle each stored, unprocessed inbound message; return the outbox ids to send."""
-    outbox_ids: list[int] = []
+    """Handle each stored, unprocessed inbound message; return the outbox ids to send.
+
+    Understanding is CPU work and runs before the write transaction, so the store's write lock
+    is held only for the inserts. Rows are then claimed with one conditional UPDATE: a job the
+    sweeper re-enqueued while this one was running finds nothing left to do.
+    """
     with sessions() as session:
-        rows = session.scalars(select(InboundRow).where(InboundRow.id.in_(ids),
-                                                        InboundRow.processed_at.is_(None))).all()
-        for inbound in rows:
+        pending = session.scalars(select(InboundRow).where(InboundRow.id.in_(ids),
+                                                           InboundRow.processed_at.is_(None))).all()
+        session.commit()  # end the read snapshot before writing (SQLite refuses a stale writer)
+        understood = {row.id: understand(world, row) for row in pending}
+        now = utcnow()
+        claimed = set(session.scalars(
+            update(InboundRow)
+            .where(InboundRow.id.in_(understood), InboundRow.processed_at.is_(None))
+            .values(processed_at=now)
+            .returning(InboundRow.id),
+            execution_options={"synchronize_session": False}))
+        outbox_ids: list[int] = []
+        for inbound in pending:
+            if inbound.id not in claimed:
+                continue
             try:
                 with session.begin_nested():
-                    outgoing = handle(session, world, inbound, utcnow())
+                    outgoing = act(session, world, inbound, understood[inbound.id], now)
                     session.flush()
                     outbox_ids += [row.id for row in outgoing]
             except Exception as error:  # one bad message must not block the batch behind it
                 log.exception("inbound %s from %s failed", inbound.id, mask(inbound.sender))
-                inbound.error = f"{type(error).__name__}: {error}"
-            inbound.processed_at = utcnow()
+                session.execute(update(InboundRow).where(InboundRow.id == inbound.id)
+                                .values(error=f"{type(error).__name__}: {error}"))
         session.commit()
     return outbox_ids
 
 
-def handle(session: Session, world: World, inbound: InboundRow, now: datetime) -> list[OutboxRow]:
-    """Understand one message, act on it, and queue the replies."""
+def understand(world: World, inbound: InboundRow) -> Understanding:
+    """What the message asks for, in which language, and for an appeal what and where it is about."""
     intent = parse_intent(inbound.text)
-    language = reply_language(world.city, inbound.sender, intent)
+    verdict = world.classifier.classify(inbound.text, inbound.sender) if intent.kind == "appeal" else None
+    return Understanding(intent, reply_language(world.city, inbound.sender, intent), verdict)
+
+
+def act(session: Session, world: World, inbound: InboundRow, understanding: Understanding,
+        now: datetime) -> list[OutboxRow]:
+    """Route and act on one understood message, and queue the replies."""
+    intent, language = understanding.intent, understanding.language
 
     def reply(body: str, case_id: int | None = None) -> OutboxRow:
         return queue_message(session, inbound.channel, inbound.sender, body, case_id)
 
-    if intent.kind == "appeal":
-        verdict = world.classifier.classify(inbound.text, inbound.sender)
+    if understanding.verdict is not None:
         case = cases.open_case(session, city=world.city, settings=world.settings,
                                channel=inbound.channel, reporter=inbound.sender, text=inbound.text,
-                               language=language, verdict=verdict, now=now)
-        inbound.case_id = case.id
+                               language=language, verdict=understanding.verdict, now=now)
+        session.execute(update(InboundRow).where(InboundRow.id == inbound.id).values(case_id=case.id))
         return [reply(cases.acknowledgement(world.city, case), case.id)]
     if intent.kind == "status":
         return [reply(body) for body in status_replies(session, world, inbound.sender, intent, language)]

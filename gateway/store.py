@@ -309,9 +309,10 @@ def load_city_from_store(session: Session) -> citymod.City:
     )
 
 
-def insert_for(session: Session, table: type[Base]):
+def insert_for(bind: Session | Engine, table: type[Base]):
     """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL have it)."""
-    if session.get_bind().dialect.name == "postgresql":
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from broadcasts.fanout import sweep as broadcast_sweep
 from gateway import jobs, outbox
 from gateway.logs import setup_logging
 from gateway.queues import INBOUND_QUEUE, OUTBOUND_QUEUE
@@ -43,6 +44,7 @@ def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
             for start in range(0, len(ids), CHUNK):
                 jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + CHUNK])
             found["outbox"] = len(ids)
+    found.update(broadcast_sweep(ctx))
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rq import SimpleWorker
 
+from broadcasts.fanout import broadcasting
 from gateway import jobs
 from gateway.logs import setup_logging
 from gateway.queues import QUEUE_NAMES
@@ -18,7 +19,8 @@ def main() -> None:
     setup_logging()
     ctx = jobs.context()
     ctx.warm_up()
-    worker = SimpleWorker([ctx.queues[name] for name in QUEUE_NAMES],
+    # Broadcasts last: an appeal's acknowledgement never waits behind a notice to thousands.
+    worker = SimpleWorker([ctx.queues[name] for name in QUEUE_NAMES] + [broadcasting(ctx).queue],
                           connection=ctx.queues[QUEUE_NAMES[0]].connection)
     worker.work(with_scheduler=True, logging_level="WARNING")
 

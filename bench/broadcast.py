@@ -1,0 +1,174 @@
+"""Broadcast throughput: one notice to N synthetic residents through the loopback Twilio sandbox.
+
+Builds a scratch store with the sample city's grids and staff plus N synthetic residents (all on
+SMS, 5% English), starts `gridline up` with rate limits lifted and no quiet hours, orders one
+broadcast to everyone, and follows it to the end. Reports messages/s end to end (from the send
+order until the provider has accepted every message, and until every delivery report is in),
+the peak RSS of each process, and whether every recipient got exactly one message at the sandbox.
+
+    .venv/bin/python bench/broadcast.py              # 100,000 residents
+    .venv/bin/python bench/broadcast.py --million    # 1,000,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.inbound import free_port, wait_http  # noqa: E402
+from broadcasts import service  # noqa: E402
+from broadcasts.audience import GridTree  # noqa: E402
+from broadcasts.cli import progress_line  # noqa: E402
+from broadcasts.models import BroadcastRow  # noqa: E402
+from gateway.config import load_settings  # noqa: E402
+from gateway.store import GridRow, ResidentRow, make_engine, session_factory, utcnow  # noqa: E402
+from gateway.supervisor import prepare_store  # noqa: E402
+
+TAGS = ("elderly", "empty_nest", "disabled", "low_income", "veteran", "party_member")
+TEXTS = {"zh": "{name}您好：明日8:00-12:00计划停水，请提前储水。如有困难请联系网格员{worker_name} {worker_phone}。",
+         "en": "Dear {name}, water will be off tomorrow 8:00-12:00. Need help? Call {worker_name} {worker_phone}."}
+
+
+def phone(n: int) -> str:
+    return f"+86171{n:08d}"
+
+
+def synthetic_residents(settings, count: int) -> None:
+    """Replace the residents with `count` synthetic ones spread over the level-3 grids."""
+    engine = make_engine(settings.sqlalchemy_url)
+    rng = random.Random(5)
+    with session_factory(engine)() as session, session.begin():
+        grids = list(session.scalars(select(GridRow.code).where(GridRow.level == 3)))
+        session.execute(delete(ResidentRow))
+        for start in range(0, count, 20_000):
+            session.execute(insert(ResidentRow), [
+                {"id": f"S{n:07d}", "name": f"居民{n}" if n % 20 else f"Resident {n}", "phone": phone(n),
+                 "grid_code": grids[n % len(grids)], "address": "", "preferred_channel": "sms",
+                 "tags": rng.sample(TAGS, rng.randint(0, 2)), "telegram_chat_id": None,
+                 "language": "zh" if n % 20 else "en", "birth_year": 1950 + n % 50}
+                for n in range(start, min(start + 20_000, count))])
+    engine.dispose()
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children + [d for c in children for d in descendants(c)]
+
+
+def usage(pids: list[int]) -> dict[str, tuple[int, float]]:
+    """Peak RSS in MiB (the kernel's VmHWM) and CPU seconds of each process, by command line."""
+    found = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = next((c.decode() for c in command if c.startswith((b"gateway.", b"adapters."))),
+                    Path(command[0].decode()).name)
+        hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        found[f"{name} ({pid})"] = (hwm // 1024, (int(stat[11]) + int(stat[12])) / ticks)
+    return found
+
+
+def sandbox_counts(url: str) -> Counter[str]:
+    with urllib.request.urlopen(f"{url}/_sandbox/messages", timeout=600) as response:
+        return Counter(m["to"] for m in json.load(response)["messages"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--residents", type=int, default=100_000)
+    parser.add_argument("--million", action="store_true", help="1,000,000 residents")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    count = 1_000_000 if args.million else args.residents
+
+    home = Path(tempfile.mkdtemp(prefix="gridline-bench-broadcast-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
+    env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
+                "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
+                "GRIDLINE_WORKERS": str(args.workers), "GRIDLINE_QUIET_HOURS": "",
+                "GRIDLINE_SMS_RATE_LIMIT": "0", "GRIDLINE_TELEGRAM_RATE_LIMIT": "0",
+                "GRIDLINE_SMS_SIGNATURE": "【网格中心】"})
+    settings = load_settings(env)
+    print(f"store: sample city + {count:,} synthetic residents ...", flush=True)
+    prepare_store(settings)
+    synthetic_residents(settings, count)
+    print("starting gridline up ...", flush=True)
+    stack = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], cwd=ROOT, env=env,
+                             stdout=(home / "gridline.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://{settings.host}:{settings.port}/healthz", timeout=600)
+        settings = replace(settings, home=settings.home.resolve())
+        sessions = session_factory(make_engine(settings.sqlalchemy_url))
+        with sessions() as session, session.begin():
+            tree = GridTree.load(session)
+            broadcast = service.create(session, settings, tree, None, title="bench", expression="all",
+                                       texts=TEXTS, emergency=False, now=utcnow())
+            service.send(session, settings, tree, broadcast, None, utcnow())
+            broadcast_id = broadcast.id
+        started = time.monotonic()
+        all_sent = all_reported = None
+        while all_reported is None and time.monotonic() - started < 3600:
+            time.sleep(1)
+            with sessions() as session:
+                view = service.status(session, settings, session.get(BroadcastRow, broadcast_id), utcnow())
+            elapsed = time.monotonic() - started
+            print("\r" + progress_line(view, view["sent"] / elapsed), end="", flush=True)
+            if all_sent is None and view["state"] == "done":
+                all_sent = elapsed
+            if view["delivered"] + view["failed"] >= count:
+                all_reported = elapsed
+        print()
+        peaks = usage(descendants(stack.pid))
+        counts = sandbox_counts(settings.twilio_base)
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        stack.wait(120)
+
+    expected = {phone(n) for n in range(count)}
+    exactly_once = set(counts) == expected and set(counts.values()) == {1}
+    print(f"\nrecipients: {count:,}; messages at the sandbox: {sum(counts.values()):,}")
+    if all_sent:
+        print(f"all accepted by the provider after {all_sent:.1f} s: {count / all_sent:,.0f} messages/s end to end")
+    if all_reported:
+        print(f"all delivery reports stored after {all_reported:.1f} s: {count / all_reported:,.0f} messages/s")
+    print("per process: peak RSS MiB / CPU s")
+    for name, (mib, cpu) in sorted(peaks.items()):
+        print(f"  {name:<40} {mib:>6} {cpu:>8.1f}")
+    print(f"every recipient exactly one message: {'yes' if exactly_once else 'NO'}"
+          + ("" if exactly_once else f" (missing {len(expected - set(counts))}, "
+                                     f"duplicated {sum(1 for n in counts.values() if n > 1)})"))
+    shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

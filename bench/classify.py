@@ -1,0 +1,95 @@
+"""Benchmark of the appeal classifier: cold start and warm throughput on one core.
+
+Cold start runs in fresh interpreters: imports, city load, classifier build (jieba dictionary and
+model training included) and the first classification. Throughput pins this process to one core
+and classifies the labelled dev set over and over after a warm-up pass.
+
+    .venv/bin/python bench/classify.py [--config DIR] [--seconds 5] [--cold-runs 3]
+
+Goals (issue 3): cold start < 3 s, >= 3,000 appeals/s. The script reports; it does not fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_SET = ROOT / "tests" / "data" / "appeals-dev.jsonl"
+COLD_GOAL_S = 3.0
+THROUGHPUT_GOAL = 3000
+
+COLD_START = """
+import time
+started = time.perf_counter()
+from pathlib import Path
+from classifiers import build_classifier
+from gateway.city import load_city
+from gateway.config import Settings
+settings = Settings(config_dir=Path({config!r}))
+classifier = build_classifier(load_city(settings.city_dir), settings)
+classifier.classify("门口的垃圾桶满了，三天没人清运", None)
+print(time.perf_counter() - started)
+"""
+
+
+def cold_start(config: Path) -> tuple[float, float]:
+    """(seconds inside the interpreter, seconds of the whole process) for one fresh start."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", COLD_START.format(config=str(config))], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+
+def throughput(config: Path, seconds: float) -> tuple[float, int]:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    sys.path.insert(0, str(ROOT))
+    from classifiers import build_classifier
+    from gateway.city import load_city
+    from gateway.config import Settings
+
+    settings = Settings(config_dir=config)
+    classifier = build_classifier(load_city(settings.city_dir), settings)
+    appeals = [json.loads(line) for line in DEV_SET.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for appeal in appeals:  # warm-up
+        classifier.classify(appeal["text"], appeal["sender"])
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for appeal in appeals:
+            classifier.classify(appeal["text"], appeal["sender"])
+        count += len(appeals)
+    return count / (time.perf_counter() - started), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "config")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--cold-runs", type=int, default=3)
+    args = parser.parse_args()
+    config = args.config.resolve()
+    colds = [cold_start(config) for _ in range(args.cold_runs)]
+    inside = min(c[0] for c in colds)
+    process = min(c[1] for c in colds)
+    rate, count = throughput(config, args.seconds)
+    rows = [
+        ("cold start, import to first result", f"{inside:.2f} s", f"< {COLD_GOAL_S:.0f} s", inside < COLD_GOAL_S),
+        ("cold start, whole process", f"{process:.2f} s", f"< {COLD_GOAL_S:.0f} s", process < COLD_GOAL_S),
+        (f"warm throughput, 1 core ({count} appeals)", f"{rate:,.0f}/s", f">= {THROUGHPUT_GOAL:,}/s",
+         rate >= THROUGHPUT_GOAL),
+    ]
+    print(f"{'measure':<42} {'value':>10} {'goal':>12}  ok")
+    for name, value, goal, ok in rows:
+        print(f"{name:<42} {value:>10} {goal:>12}  {'yes' if ok else 'NO'}")
+    print(f"(best of {args.cold_runs} cold starts; jieba's dictionary cache in the temp dir was "
+          f"{'present' if any(Path('/tmp').glob('jieba*.cache')) else 'absent'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""What an appeal is about and what kind of appeal it is: two linear models over words.
+
+Both are multinomial logistic regressions (softmax), trained at start-up from the city's labelled
+examples in a few hundred milliseconds, so a new taxonomy needs new examples, not new code. The
+features are jieba words and character bigrams for Chinese, word stems and word pairs for English,
+and "taxonomy knowledge": which category's and appeal type's configured keywords occur. The keyword
+features let the model trust a keyword it never saw in an example, in proportion to how reliable
+keywords proved on the examples. Logistic regression (rather than naive Bayes or a perceptron)
+gives probabilities, which the classifier uses as its confidence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from classifiers.normalize import normalize
+
+_CJK = re.compile(r"[\u4e00-\u9fff]+")
+_LATIN_WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
+Tokens = Sequence[tuple[str, int, int]]
+Tokenize = Callable[[str], Tokens]
+STEM = 6  # English words are cut to their first letters: a crude stemmer that merges plurals/tenses
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    category: str
+    appeal_type: str
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Labelled appeals in the JSON-lines format of the dev set (`text`, `expected{...}`)."""
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                expected = row["expected"]
+                examples.append(Example(row["text"], expected["category"], expected["appeal_type"]))
+    return examples
+
+
+class PhraseIndex:
+    """Finds configured phrases in normalised text: Chinese anywhere, English as whole words."""
+
+    def __init__(self, phrases: dict[str, Iterable[str]]):
+        self._labels: dict[str, set[str]] = defaultdict(set)
+        for label, words in phrases.items():
+            for word in words:
+                self._labels[word.lower()].add(label)
+        self._lengths: dict[str, list[int]] = defaultdict(list)
+        for phrase in self._labels:
+            self._lengths[phrase[0]].append(len(phrase))
+        for first in self._lengths:
+            self._lengths[first] = sorted(set(self._lengths[first]), reverse=True)
+
+    @property
+    def phrases(self) -> list[str]:
+        return list(self._labels)
+
+    def find(self, text: str) -> list[tuple[str, set[str]]]:
+        """(phrase, labels) for every phrase occurring in the text, overlapping ones included."""
+        found = []
+        for pos, ch in enumerate(text):
+            for length in self._lengths.get(ch, ()):
+                phrase = text[pos:pos + length]
+                if phrase in self._labels and (not phrase.isascii() or _whole_word(text, pos, pos + length)):
+                    found.append((phrase, self._labels[phrase]))
+        return found
+
+
+def _whole_word(text: str, start: int, end: int) -> bool:
+    """An English phrase as whole words; a plural "s"/"es" may follow (bins, fires, fences)."""
+    before = text[start - 1] if start else " "
+    if before.isascii() and before.isalnum():
+        return False
+    for suffix in ("", "s", "es"):
+        after = text[end + len(suffix)] if end + len(suffix) < len(text) else " "
+        if text.startswith(suffix, end) and not (after.isascii() and after.isalnum()):
+            return True
+    return False
+
+
+class Featurizer:
+    """Sparse binary features of a normalised appeal (see the module docstring).
+
+    `keywords` maps each configured phrase to labels such as `kc:noise` or `kt:praise`; the phrase
+    itself and each of its labels become features.
+    """
+
+    def __init__(self, keywords: PhraseIndex):
+        self.keywords = keywords
+
+    def features(self, text: str, tokens: Tokens) -> list[str]:
+        feats = ["bias"]
+        for word, _, _ in tokens:
+            if _CJK.match(word):
+                feats.append("w:" + word)
+        for run in _CJK.findall(text):
+            feats.extend("b:" + run[i:i + 2] for i in range(len(run) - 1))
+        words = [w[:STEM] for w in _LATIN_WORD.findall(text)]
+        feats.extend("e:" + w for w in words)
+        feats.extend(f"e2:{a}_{b}" for a, b in zip(words, words[1:], strict=False))
+        for phrase, labels in self.keywords.find(text):
+            feats.append("k:" + phrase)
+            feats.extend(labels)
+        if "?" in text or "吗" in text:
+            feats.append("p:?")
+        if "!" in text:
+            feats.append("p:!")
+        head = text.lstrip()[:2]
+        feats.append("s:" + (head if not head.isascii() else (words[0] if words else "")))
+        return list(dict.fromkeys(feats))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    categories: list[tuple[str, float]]  # every category with its probability, most likely first
+    appeal_type: str
+
+
+class TextModel:
+    """Category and appeal-type models sharing one vocabulary, so scoring is one weight lookup."""
+
+    def __init__(self, featurizer: Featurizer, examples: Sequence[Example], tokenize: Tokenize):
+        self.featurizer = featurizer
+        self._vocabulary: dict[str, int] = {}
+        rows = []
+        for example in examples:
+            text = normalize(example.text)
+            features = featurizer.features(text, tokenize(text))
+            rows.append(np.array([self._vocabulary.setdefault(f, len(self._vocabulary)) for f in features]))
+        self.categories = sorted({e.category for e in examples})
+        self.types = sorted({e.appeal_type for e in examples})
+        category_weights = train_softmax(rows, [self.categories.index(e.category) for e in examples],
+                                         len(self.categories), len(self._vocabulary))
+        type_weights = train_softmax(rows, [self.types.index(e.appeal_type) for e in examples],
+                                     len(self.types), len(self._vocabulary))
+        self._weights = np.hstack([category_weights, type_weights])
+
+    def predict(self, text: str, tokens: Tokens) -> Prediction:
+        vocabulary = self._vocabulary
+        index = [i for f in self.featurizer.features(text, tokens) if (i := vocabulary.get(f)) is not None]
+        logits = self._weights[index].sum(axis=0) / np.sqrt(len(index))  # "bias" is always known
+        split = len(self.categories)
+        category_probs = _softmax(logits[None, :split])[0]
+        order = np.argsort(-category_probs)
+        return Prediction([(self.categories[i], float(category_probs[i])) for i in order],
+                          self.types[int(logits[split:].argmax())])
+
+
+def train_softmax(rows: Sequence[np.ndarray], targets: Sequence[int], labels: int, features: int,
+                  epochs: int = 20, batch: int = 32, rate: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Weights (features x labels) of a multinomial logistic regression, by mini-batch Adam.
+
+    Each document is a set of feature indices, scaled by 1/sqrt(size) so long appeals do not
+    shout down short ones. Deterministic for a given seed.
+    """
+    y = np.asarray(targets)
+    weights = np.zeros((features, labels))
+    moment, velocity = np.zeros_like(weights), np.zeros_like(weights)
+    rng = np.random.default_rng(seed)
+    step = 0
+    for _ in range(epochs):
+        order = rng.permutation(len(rows))
+        for start in range(0, len(order), batch):
+            chosen = order[start:start + batch]
+            index = np.concatenate([rows[i] for i in chosen])
+            sizes = np.array([len(rows[i]) for i in chosen])
+            scale = np.repeat(1 / np.sqrt(sizes), sizes)[:, None]
+            offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+            probs = _softmax(np.add.reduceat(weights[index] * scale, offsets, axis=0))
+            probs[np.arange(len(chosen)), y[chosen]] -= 1  # now the gradient of the log loss
+            touched, inverse = np.unique(index, return_inverse=True)
+            grad = np.zeros((len(touched), labels))
+            np.add.at(grad, inverse, np.repeat(probs, sizes, axis=0) * scale)
+            step += 1
+            moment[touched] = 0.9 * moment[touched] + 0.1 * grad
+            velocity[touched] = 0.999 * velocity[touched] + 0.001 * grad ** 2
+            correction = np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)
+            weights[touched] -= rate * correction * moment[touched] / (np.sqrt(velocity[touched]) + 1e-8)
+    return weights
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
