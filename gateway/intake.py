@@ -35,6 +35,7 @@ class Intake:
         self._flusher: asyncio.Task | None = None
         # One writer thread: SQLite takes one writer at a time, and batching needs a single queue.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="intake-writer")
+        self._enqueuer = ThreadPoolExecutor(1, thread_name_prefix="intake-enqueuer")
 
     async def store(self, message: InboundMessage) -> bool:
         """Persist the message; True when it is new, False when it is a retry already stored."""
@@ -57,28 +58,38 @@ class Intake:
         while self._waiting:
             batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch:]
             try:
-                new_keys = await loop.run_in_executor(self._writer, self._write, [m for m, _ in batch])
+                await loop.run_in_executor(self._writer, self._write, loop, batch)
             except Exception as error:  # the store is down: every caller hears it, nothing is half-done
                 log.exception("storing %d inbound messages failed", len(batch))
                 for _, future in batch:
                     future.set_exception(error)
-                continue
-            for message, future in batch:
-                future.set_result((message.channel, message.provider_id) in new_keys)
 
-    def _write(self, messages: list[InboundMessage]) -> set[tuple[str, str]]:
+    def _write(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[InboundMessage, asyncio.Future[bool]]]
+               ) -> None:
         now = utcnow()
         values = [{"channel": m.channel, "provider_id": m.provider_id, "sender": m.sender, "text": m.text,
-                   "media": list(m.media), "received_at": now} for m in messages]
+                   "media": list(m.media), "received_at": now} for m, _ in batch]
         # One cached statement run as executemany: SQLAlchemy batches it into multi-row INSERTs.
         with self._engine.begin() as connection:
             stored = connection.execute(self._insert, values).all()
+        # Committed: the callers may answer now, while the job is enqueued beside the next batch.
+        new_keys = {(row.channel, row.provider_id) for row in stored}
+        loop.call_soon_threadsafe(_resolve, [(f, (m.channel, m.provider_id) in new_keys) for m, f in batch])
         if stored:
-            try:
-                self._enqueue([row.id for row in stored])
-            except Exception:  # Redis away: the rows are safe, the sweeper enqueues them later
-                log.exception("enqueueing %d inbound messages failed; the sweeper will retry", len(stored))
-        return {(row.channel, row.provider_id) for row in stored}
+            self._enqueuer.submit(self._enqueue_quietly, [row.id for row in stored])
+
+    def _enqueue_quietly(self, ids: list[int]) -> None:
+        try:
+            self._enqueue(ids)
+        except Exception:  # Redis away: the rows are safe, the sweeper enqueues them later
+            log.exception("enqueueing %d inbound messages failed; the sweeper will retry", len(ids))
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self._enqueuer.shutdown(wait=True)
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[bool], bool]]) -> None:
+    for future, is_new in outcomes:
+        if not future.done():
+            future.set_result(is_new)
