@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton, ReplyKeyboardMarkup
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -283,7 +283,12 @@ def send_error(error: TelegramError) -> SendError:
     return SendError(reason, retryable=False, code="telegram")
 
 
-def _keyboard(buttons: Buttons | None) -> InlineKeyboardMarkup | None:
+def _keyboard(buttons: Buttons | None, request_contact: str | None = None
+              ) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | None:
+    """Inline buttons under the message, or a one-off keyboard button that shares the phone number."""
+    if request_contact:
+        return ReplyKeyboardMarkup([[KeyboardButton(request_contact, request_contact=True)]],
+                                   one_time_keyboard=True, resize_keyboard=True)
     if buttons is None:
         return None
     return InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data) for label, data in row]
@@ -310,9 +315,11 @@ class TelegramClient:
         except TelegramError as error:
             raise send_error(error) from error
 
-    def send(self, chat_id: int, text: str, buttons: Buttons | None = None) -> str:
-        """Send `text`, with an inline keyboard if `buttons` is given; returns the message_id."""
-        message = self._call(self.bot.send_message(chat_id, text, reply_markup=_keyboard(buttons)))
+    def send(self, chat_id: int, text: str, buttons: Buttons | None = None,
+             request_contact: str | None = None) -> str:
+        """Send `text` with inline `buttons`, or a share-my-number button; returns the message_id."""
+        markup = _keyboard(buttons, request_contact)
+        message = self._call(self.bot.send_message(chat_id, text, reply_markup=markup))
         return str(message.message_id)
 
     def answer_callback(self, callback_query_id: str, text: str | None = None) -> None:

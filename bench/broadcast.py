@@ -41,6 +41,7 @@ from gateway.config import load_settings  # noqa: E402
 from gateway.store import GridRow, ResidentRow, make_engine, session_factory, utcnow  # noqa: E402
 from gateway.supervisor import prepare_store  # noqa: E402
 
+STALL = 30  # seconds without progress before the bench stops waiting
 TAGS = ("elderly", "empty_nest", "disabled", "low_income", "veteran", "party_member")
 TEXTS = {"zh": "{name}您好：明日8:00-12:00计划停水，请提前储水。如有困难请联系网格员{worker_name} {worker_phone}。",
          "en": "Dear {name}, water will be off tomorrow 8:00-12:00. Need help? Call {worker_name} {worker_phone}."}
@@ -135,9 +136,10 @@ def main() -> None:
                                        texts=TEXTS, emergency=False, now=utcnow())
             service.send(session, settings, tree, broadcast, None, utcnow())
             broadcast_id = broadcast.id
-        started = time.monotonic()
+        started = progressed = time.monotonic()
         all_sent = all_reported = None
-        while all_reported is None and time.monotonic() - started < 3600:
+        reported = 0
+        while all_reported is None and time.monotonic() - progressed < STALL:
             time.sleep(1)
             with sessions() as session:
                 view = service.status(session, settings, session.get(BroadcastRow, broadcast_id), utcnow())
@@ -145,7 +147,9 @@ def main() -> None:
             print("\r" + progress_line(view, view["sent"] / elapsed), end="", flush=True)
             if all_sent is None and view["state"] == "done":
                 all_sent = elapsed
-            if view["delivered"] + view["failed"] >= count:
+            if view["delivered"] + view["failed"] > reported:
+                reported, progressed = view["delivered"] + view["failed"], time.monotonic()
+            if reported >= count:
                 all_reported = elapsed
         print()
         peaks = usage(descendants(stack.pid))
@@ -161,6 +165,8 @@ def main() -> None:
         print(f"all accepted by the provider after {all_sent:.1f} s: {count / all_sent:,.0f} messages/s end to end")
     if all_reported:
         print(f"all delivery reports stored after {all_reported:.1f} s: {count / all_reported:,.0f} messages/s")
+    else:
+        print(f"delivery reports stored: {reported:,} of {count:,} (no progress for {STALL} s)")
     print("per process: peak RSS MiB / CPU s")
     for name, (mib, cpu) in sorted(peaks.items()):
         print(f"  {name:<40} {mib:>6} {cpu:>8.1f}")

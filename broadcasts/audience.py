@@ -167,7 +167,7 @@ class GridTree:
 
     @classmethod
     def load(cls, session: Session) -> GridTree:
-        return cls(dict(session.execute(select(GridRow.code, GridRow.parent_code)).tuples().all()))
+        return cls({code: parent for code, parent in session.execute(select(GridRow.code, GridRow.parent_code))})
 
     def within(self, code: str, ancestor: str) -> bool:
         current: str | None = code

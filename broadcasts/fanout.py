@@ -29,6 +29,7 @@ from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import SendError
+from adapters.telegram import TelegramClient
 from broadcasts import service
 from broadcasts.audience import GridTree
 from broadcasts.models import BroadcastRow, DeliveryRow
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 BROADCAST_QUEUE = "broadcast"
 FANOUT_PAGES = 20  # pages per fan-out job before it hands over to its continuation
 JOB_BUDGET = 10.0  # seconds a send job may spend waiting for tokens before it re-enqueues the rest
-JOB_OPTIONS = jobs.JOB_OPTIONS
 
 
 @dataclass
@@ -58,17 +58,13 @@ class Broadcasting:
     queue: Queue
     sms_bucket: TokenBucket
     telegram_bucket: TokenBucket
-    telegram: object | None  # the Telegram adapter's client, when a bot is configured
+    telegram: TelegramClient | None  # None: no bot configured, everyone gets SMS
 
 
-def telegram_client(settings: Settings) -> object | None:
-    """The Telegram adapter's client, or None while no bot is configured."""
-    token = getattr(settings, "telegram_bot_token", "")
-    if not token:
-        return None
-    from adapters.telegram import TelegramClient
-
-    return TelegramClient(token, getattr(settings, "telegram_api_base", ""))
+def telegram_client(settings: Settings) -> TelegramClient | None:
+    """The residents' bot (notices go to residents, never through the workers' bot)."""
+    token = settings.telegram_tokens.get("resident")
+    return TelegramClient(token, settings.telegram_base) if token else None
 
 
 def broadcasting(ctx: jobs.WorkerContext) -> Broadcasting:
@@ -87,14 +83,14 @@ def _here() -> Broadcasting:
 
 
 def enqueue_fanout(queue: Queue, broadcast_id: int) -> None:
-    queue.enqueue(fanout_job, broadcast_id, **JOB_OPTIONS)
+    queue.enqueue(fanout_job, broadcast_id, **jobs.JOB_OPTIONS)
 
 
 def enqueue_send(queue: Queue, broadcast_id: int, ids: list[int], delay: timedelta | None = None) -> None:
     if delay:
-        queue.enqueue_in(delay, send_job, broadcast_id, ids, **JOB_OPTIONS)
+        queue.enqueue_in(delay, send_job, broadcast_id, ids, **jobs.JOB_OPTIONS)
     else:
-        queue.enqueue(send_job, broadcast_id, ids, **JOB_OPTIONS)
+        queue.enqueue(send_job, broadcast_id, ids, **jobs.JOB_OPTIONS)
 
 
 # --- fan-out ----------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.store import Base, utcnow
 
-# created → scheduled → sending → done; paused from scheduled or sending; cancelled from any of those.
-BROADCAST_STATES = ("created", "scheduled", "sending", "paused", "done", "cancelled")
-# A delivery: pending → sending → sent → delivered | undelivered | failed; or cancelled while pending.
+# A broadcast: created → scheduled → sending → done; paused from scheduled or sending; cancelled
+# from any of those. A delivery: pending → sending → sent → delivered | undelivered | failed, or
+# cancelled while still pending.
 DELIVERY_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3,
                  "cancelled": 3}
 UNFINISHED = ("pending", "sending")

@@ -11,7 +11,9 @@ the provider before anyone tries again.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,11 +23,16 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from adapters import SendError
+from adapters.telegram import TelegramClient
 from adapters.twilio_sms import SEND_TIMEOUT, _rest_error
 from broadcasts.templates import sms_body
 from gateway.config import Settings
 
 STATUS_PATH = "/webhooks/twilio/broadcast-status"
+# twilio's HTTP client logs every request and response at INFO: a third of a worker's time at
+# thousands a second, and the phone numbers with it. Ours tells only of trouble.
+_HTTP_LOG = logging.getLogger("broadcasts.twilio_http")
+_HTTP_LOG.setLevel(logging.WARNING)
 
 
 class Unsure(Exception):
@@ -47,7 +54,7 @@ class Claimed:
 @asynccontextmanager
 async def twilio_client(settings: Settings, concurrency: int) -> AsyncIterator[Client]:
     """The official client on its asyncio transport, pointed at `settings.twilio_base`, 10 s timeout."""
-    http = AsyncTwilioHttpClient(pool_connections=False)
+    http = AsyncTwilioHttpClient(pool_connections=False, logger=_HTTP_LOG)
     # Its default session never times out; ours gives up after SEND_TIMEOUT and pools connections.
     http.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT),
                                          connector=aiohttp.TCPConnector(limit=concurrency))
@@ -83,7 +90,16 @@ async def send_sms(client: Client, settings: Settings, delivery: Claimed) -> str
     return message.sid
 
 
-async def send_telegram(client, delivery: Claimed) -> str:
-    """The message id as text; the Telegram adapter's client is synchronous, so it runs in a thread."""
-    message_id = await asyncio.to_thread(client.send, delivery.telegram_chat_id, delivery.text)
-    return str(message_id)
+# The Telegram adapter's client is synchronous and not thread-safe: one thread per process drives it.
+_TELEGRAM_THREAD = ThreadPoolExecutor(1, thread_name_prefix="broadcast-telegram")
+
+
+async def send_telegram(client: TelegramClient, delivery: Claimed) -> str:
+    """The message id; SendError when refused (code "blocked" when the user blocked the bot)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(
+            _TELEGRAM_THREAD, client.send, delivery.telegram_chat_id, delivery.text)
+    except SendError as error:
+        if error.code == "timeout":  # it may have reached Telegram, which cannot tell us
+            raise Unsure(str(error)) from error
+        raise

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from adapters.twilio_sms import segments
 from broadcasts import audience, templates
-from broadcasts.models import BroadcastRow, DeliveryRow
+from broadcasts.models import UNFINISHED, BroadcastRow, DeliveryRow
 from broadcasts.schedule import QuietHours, release_time
 from gateway.city import Worker
 from gateway.config import Settings
@@ -272,7 +272,7 @@ def cancel(session: Session, broadcast: BroadcastRow, now: datetime) -> int:
 def finish_if_complete(session: Session, broadcast_id: int, now: datetime) -> bool:
     """Mark `done` once fan-out has finished and no delivery is pending or being sent."""
     unfinished = exists().where(DeliveryRow.broadcast_id == broadcast_id,
-                                DeliveryRow.state.in_(("pending", "sending")))
+                                DeliveryRow.state.in_(UNFINISHED))
     return bool(session.execute(update(BroadcastRow)
                                 .where(BroadcastRow.id == broadcast_id, BroadcastRow.state == "sending",
                                        BroadcastRow.fanout_done.is_(True), not_(unfinished))

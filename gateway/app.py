@@ -7,8 +7,10 @@ happen in rq workers, so a provider is answered in milliseconds however busy the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+from dataclasses import replace
 from importlib import import_module
 from urllib.parse import parse_qsl
 
@@ -18,7 +20,7 @@ from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from adapters import InboundError, twilio_sms
+from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from gateway import cases, jobs, operators, outbox
 from gateway.city import City, Worker
 from gateway.config import Settings, load_settings
@@ -26,6 +28,7 @@ from gateway.intake import Intake
 from gateway.logs import setup_logging
 from gateway.queues import INBOUND_QUEUE, connect
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
+from gateway.world import BOTS
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +79,40 @@ async def twilio_verified_form(request: web.Request) -> MultiDict[str]:
     return form
 
 
-async def twilio_inbound_sms(request: web.Request) -> web.Response:
-    message = twilio_sms.parse_inbound(await twilio_verified_form(request))
+async def store(request: web.Request, message: InboundMessage) -> None:
+    """Persist before acknowledging; if the store is down the provider hears 503 and retries."""
     try:
         await request.app[INTAKE].store(message)
-    except Exception:
-        return web.json_response({"error": "store unavailable, retry later"}, status=503)
+    except Exception as error:
+        raise InboundError(503, "store unavailable, retry later") from error
+
+
+async def twilio_inbound_sms(request: web.Request) -> web.Response:
+    await store(request, twilio_sms.parse_inbound(await twilio_verified_form(request)))
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+async def telegram_update(request: web.Request) -> web.Response:
+    """Either bot's webhook: secret checked first, stored before the 200, retries deduplicated."""
+    settings = request.app[SETTINGS]
+    channel = BOTS.get(request.match_info["bot"])
+    if channel is None:
+        raise InboundError(404, "no such bot")
+    if not telegram.verify(request.headers.get("X-Telegram-Bot-Api-Secret-Token"),
+                           settings.telegram_webhook_secret):
+        raise InboundError(403, "X-Telegram-Bot-Api-Secret-Token missing or invalid")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InboundError(413, f"body over {MAX_BODY} bytes")
+    try:
+        update = json.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge as too_large:
+        raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
+    except ValueError as bad:  # JSONDecodeError and UnicodeDecodeError both
+        raise InboundError(400, f"body is not JSON: {bad}") from bad
+    message = telegram.parse_inbound(update)
+    if message is not None:  # updates we do not handle are acknowledged and dropped
+        await store(request, replace(message, channel=channel))
+    return web.json_response({"ok": True})
 
 
 async def twilio_status(request: web.Request) -> web.Response:
@@ -169,6 +199,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
     app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
     app.router.add_post("/webhooks/twilio/status", twilio_status)
+    app.router.add_post("/webhooks/telegram/{bot}", telegram_update)
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)
     app.router.add_get("/healthz", health)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from classifiers import Classification
@@ -17,6 +17,29 @@ from gateway.store import CaseCounterRow, CaseEventRow, CaseRow, insert_for
 
 OPEN_STATES = ("received", "assigned", "accepted", "in_progress", "escalated")
 DEFAULT_SLA_HOURS = 72
+
+# Which state may follow which. `assigned → assigned` is a reassignment; `resolved → in_progress`
+# is the one reopening a dissatisfied resident gets; closed, merged and rejected are final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "received": frozenset({"assigned", "escalated", "rejected", "merged"}),
+    "assigned": frozenset({"assigned", "accepted", "escalated", "rejected", "merged"}),
+    "accepted": frozenset({"in_progress", "resolved", "escalated"}),
+    "in_progress": frozenset({"resolved", "escalated"}),
+    "escalated": frozenset({"assigned", "accepted", "escalated", "resolved", "rejected", "merged"}),
+    "resolved": frozenset({"closed", "in_progress"}),
+    "closed": frozenset(),
+    "merged": frozenset(),
+    "rejected": frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A state change the lifecycle does not allow, with a message a person can act on."""
+
+    def __init__(self, case: CaseRow, to_state: str):
+        allowed = ", ".join(sorted(TRANSITIONS[case.state])) or "nothing (it is final)"
+        super().__init__(f"case {case.number} is {case.state}: it cannot become {to_state}; "
+                         f"it can become {allowed}")
 
 
 def next_case_number(session: Session, now: datetime) -> str:
@@ -30,20 +53,18 @@ def next_case_number(session: Session, now: datetime) -> str:
     return f"{day}{sequence:04d}"
 
 
-def record_transition(session: Session, case: CaseRow, to_state: str, actor: str, note: str,
-                      now: datetime) -> None:
+def transition(session: Session, case: CaseRow, to_state: str, actor: str, note: str, now: datetime) -> None:
+    """Move `case` to `to_state`, refusing illegal moves, and write the audit row."""
+    if to_state not in TRANSITIONS[case.state]:
+        raise IllegalTransition(case, to_state)
     session.add(CaseEventRow(case_id=case.id, at=now, actor=actor, from_state=case.state,
                              to_state=to_state, note=note))
     case.state = to_state
     case.updated_at = now
-
-
-def first_responder(city: City, grid_code: str) -> str | None:
-    """The full-time grid worker of the grid: the "1" who handles a grid's cases first."""
-    for worker in city.workers.values():
-        if worker.role == "grid_worker" and worker.grid_code == grid_code:
-            return worker.id
-    return None
+    if to_state == "resolved":
+        case.resolved_at = now
+    if to_state in ("closed", "merged", "rejected"):
+        case.closed_at = now
 
 
 def open_case(session: Session, *, city: City, settings: Settings, channel: str, reporter: str,
@@ -63,31 +84,23 @@ def open_case(session: Session, *, city: City, settings: Settings, channel: str,
             "suggestions": [vars(s) for s in verdict.suggestions],
             "grid_candidates": list(verdict.grid_candidates),
         },
-        state="received", deadline=now + timedelta(hours=sla_hours), created_at=now, updated_at=now,
+        state="received", deadline=now + timedelta(hours=sla_hours), level=3, created_at=now, updated_at=now,
     )
     session.add(case)
     session.flush()
     session.add(CaseEventRow(case_id=case.id, at=now, actor="gateway", from_state=None,
                              to_state="received", note=f"queue={case.queue}"))
-    worker_id = first_responder(city, verdict.grid) if verdict.grid and not triage else None
-    if worker_id:
-        case.assigned_worker_id = worker_id
-        record_transition(session, case, "assigned", "gateway", f"first responder {worker_id}", now)
     return case
 
 
-def reporter_case(session: Session, reporter: str, number: str) -> CaseRow | None:
-    return session.scalar(select(CaseRow).where(CaseRow.number == number, CaseRow.reporter == reporter))
+def reporter_case(session: Session, reporters: tuple[str, ...], number: str) -> CaseRow | None:
+    return session.scalar(select(CaseRow).where(CaseRow.number == number, CaseRow.reporter.in_(reporters)))
 
 
-def open_cases_of(session: Session, reporter: str, limit: int = 3) -> list[CaseRow]:
-    query = (select(CaseRow).where(CaseRow.reporter == reporter, CaseRow.state.in_(OPEN_STATES))
+def open_cases_of(session: Session, reporters: tuple[str, ...], limit: int = 3) -> list[CaseRow]:
+    query = (select(CaseRow).where(CaseRow.reporter.in_(reporters), CaseRow.state.in_(OPEN_STATES))
              .order_by(CaseRow.created_at.desc()).limit(limit))
     return list(session.scalars(query))
-
-
-def count_cases(session: Session) -> int:
-    return session.scalar(select(func.count(CaseRow.id))) or 0
 
 
 def _label(language: str, zh: str, en: str) -> str:

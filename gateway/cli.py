@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 from broadcasts.cli import register as register_broadcast
@@ -132,6 +133,61 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tick(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the deadline clock once, as of now or of --now: the controllable clock tests use."""
+    from gateway import jobs
+    from gateway.queues import INBOUND_QUEUE, connect, private_redis_url, queues
+
+    at = datetime.fromisoformat(args.now).astimezone(UTC).replace(tzinfo=None) if args.now else None
+    queue = queues(connect(settings.redis_url or private_redis_url(settings.home)))[INBOUND_QUEUE]
+    queue.enqueue(jobs.tick_job, at.isoformat() if at else None, **jobs.JOB_OPTIONS)
+    print(f"deadline check queued as of {at.isoformat() + 'Z' if at else 'now'}")
+    return 0
+
+
+def command_case(settings: Settings, args: argparse.Namespace) -> int:
+    """Operator actions on one case: assign it, reject it with a reason, merge it into another."""
+    from classifiers import build_classifier
+    from gateway import jobs, workflow
+    from gateway.cases import IllegalTransition, transition
+    from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
+    from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory, utcnow
+    from gateway.world import World
+
+    sessions = session_factory(make_engine(settings.sqlalchemy_url))
+    with sessions() as session, session.begin():
+        city = load_city_from_store(session)
+        world = World(settings, city, build_classifier(city, settings))
+        case = session.query(CaseRow).filter_by(number=args.number).one_or_none()
+        if case is None:
+            print(f"no case {args.number}", file=sys.stderr)
+            return 1
+        now, actor = utcnow(), f"operator:{args.by}"
+        try:
+            if args.action == "assign":
+                worker = city.workers.get(args.to or "")
+                if worker is None:
+                    print(f"no worker {args.to!r}", file=sys.stderr)
+                    return 1
+                queued = workflow.assign(session, world, case, worker, actor, now)
+            elif args.action == "reject":
+                transition(session, case, "rejected", actor, args.reason, now)
+                queued = [workflow.tell_resident(session, case, "rejected", reason=args.reason)]
+            else:
+                transition(session, case, "merged", actor, f"into {args.into}", now)
+                case.merged_into = args.into
+                queued = [workflow.tell_resident(session, case, "merged", into=args.into)]
+        except IllegalTransition as refused:
+            print(refused, file=sys.stderr)
+            return 1
+        session.flush()
+        outbox_ids = [row.id for row in queued]
+    queue = queues(connect(settings.redis_url or private_redis_url(settings.home)))[OUTBOUND_QUEUE]
+    jobs.enqueue_delivery(queue, outbox_ids)
+    print(f"case {args.number}: {args.action} done; {len(outbox_ids)} message(s) queued")
+    return 0
+
+
 def command_classify(settings: Settings, _args: argparse.Namespace) -> int:
     from classifiers.cli import classify_stream
 
@@ -143,6 +199,37 @@ def command_eval(settings: Settings, args: argparse.Namespace) -> int:
     from classifiers.cli import evaluate_file
 
     evaluate_file(settings, Path(args.file), sys.stdout)
+    return 0
+
+
+REPORT_DESCRIPTION = """\
+Per unit, over the cases created since --since (a local date or time; default: all time):
+  received   cases created (merged duplicates and rejected appeals included)
+  resolved   cases now resolved or closed (a reopened case counts once resolved again)
+  closed     cases in state closed
+  on-time    share of resolved cases resolved by the SLA deadline fixed at creation
+  median h   median hours from creation to resolution, over resolved cases
+  satisfied  share of rated cases rated 4 or 5 (满意 or 基本满意)
+  overdue    cases still open whose deadline has passed
+The unit is the case's grid at --level (no grid: 未定位), its department, or its assigned worker
+(未指派). The last row (合计) is computed over all the cases. This command sees every case;
+--within and --department narrow it to a leader's jurisdiction. "—": nothing to compute it from."""
+
+
+def command_report(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import report
+    from gateway.store import load_city_from_store, make_engine, session_factory
+
+    with session_factory(make_engine(settings.sqlalchemy_url))() as session:
+        city = load_city_from_store(session)
+        try:
+            visible = report.scope(city, within=args.within, department=args.department)
+        except KeyError as error:
+            print(error.args[0], file=sys.stderr)
+            return 1
+        since = report.since_utc(args.since, settings.timezone) if args.since else None
+        rows = report.unit_figures(session, city, level=args.level, since=since, visible=visible)
+    print(report.RENDERERS[args.format](rows))
     return 0
 
 
@@ -177,11 +264,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("worker_id")
     p.set_defaults(run=command_operator_token)
 
+    p = commands.add_parser("tick", help="run the deadline clock once (reminders, escalations)")
+    p.add_argument("--now", help="ISO time to run the clock at, e.g. 2026-11-25T10:00+08:00")
+    p.set_defaults(run=command_tick)
+
+    p = commands.add_parser("case", help="operator actions on a case")
+    p.add_argument("number")
+    p.add_argument("action", choices=["assign", "reject", "merge"])
+    p.add_argument("--to", help="assign: the worker id")
+    p.add_argument("--reason", default="", help="reject: why it is not the city's responsibility")
+    p.add_argument("--into", help="merge: the case number it duplicates")
+    p.add_argument("--by", default="cli", help="who is acting, for the audit trail")
+    p.set_defaults(run=command_case)
+
     commands.add_parser("classify", help="classify JSON lines from stdin").set_defaults(run=command_classify)
 
     p = commands.add_parser("eval", help="score the classifier on a labelled JSON-lines file")
     p.add_argument("file")
     p.set_defaults(run=command_eval)
+
+    p = commands.add_parser("report", help="progress and assessment figures per street, grid, department or worker",
+                            description=REPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--level", choices=["street", "community", "grid", "department", "worker"], default="street",
+                   help="what a row is (default: street)")
+    p.add_argument("--since", type=datetime.fromisoformat, metavar="DATE",
+                   help="YYYY-MM-DD[THH:MM] local time: only cases created since")
+    p.add_argument("--within", metavar="GRID_CODE", help="only cases in this grid's subtree")
+    p.add_argument("--department", metavar="CODE", help="only this department's cases")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="(default: table)")
+    p.set_defaults(run=command_report)
 
     register_broadcast(commands)
     return main

@@ -14,6 +14,7 @@ from pathlib import Path
 
 SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
 SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
+SANDBOX_TELEGRAM_TOKENS = ("1000000001:sandbox-residents-bot", "1000000002:sandbox-workers-bot")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,17 @@ class Settings:
     twilio_from_number: str = "+8617000000000"
     twilio_api_base: str = ""  # empty with no account: the loopback sandbox
     sandbox_port: int = 8089
+    # Telegram: the residents' bot and the grid workers' bot. No tokens: the loopback sandbox.
+    telegram_resident_token: str = ""
+    telegram_worker_token: str = ""
+    telegram_api_base: str = ""  # empty with no tokens: the loopback sandbox
+    telegram_webhook_secret: str = "sandbox-webhook-secret"  # echoed in X-Telegram-Bot-Api-Secret-Token
+    telegram_sandbox_port: int = 8090
+    telegram_polling: bool = False  # local development: poll getUpdates instead of a webhook
+    # Deadlines: a reminder this long before the holder's deadline; each escalation step's time.
+    reminder_hours: float = 4.0
+    escalation_step_hours: float = 24.0
+    rating_timeout_hours: float = 72.0  # a resolved case nobody rates closes after this
     workers: int = 2
     timezone: str = "Asia/Shanghai"  # residents and operators see local times
     triage_department: str = "GRID_CENTER"
@@ -83,6 +95,25 @@ class Settings:
         return self.twilio_account_sid, self.twilio_auth_token
 
     @property
+    def telegram_sandbox(self) -> bool:
+        return not (self.telegram_resident_token and self.telegram_worker_token)
+
+    @property
+    def telegram_tokens(self) -> dict[str, str]:
+        """Bot name → token; the sandbox's made-up tokens when none are configured."""
+        if self.telegram_sandbox:
+            return {"resident": SANDBOX_TELEGRAM_TOKENS[0], "worker": SANDBOX_TELEGRAM_TOKENS[1]}
+        return {"resident": self.telegram_resident_token, "worker": self.telegram_worker_token}
+
+    @property
+    def telegram_base(self) -> str:
+        if self.telegram_api_base:
+            return self.telegram_api_base.rstrip("/")
+        if self.telegram_sandbox:
+            return f"http://127.0.0.1:{self.telegram_sandbox_port}"
+        return "https://api.telegram.org"
+
+    @property
     def twilio_base(self) -> str:
         if self.twilio_api_base:
             return self.twilio_api_base.rstrip("/")
@@ -90,7 +121,8 @@ class Settings:
 
 
 # Field annotations are strings (postponed evaluation); these are the ones a variable can set.
-COERCE = {"Path": Path, "int": int, "float": float, "str": str}
+COERCE = {"Path": Path, "int": int, "float": float, "str": str,
+          "bool": lambda value: str(value).lower() in ("1", "true", "yes", "on")}
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

@@ -68,7 +68,8 @@ class Intake:
                ) -> None:
         now = utcnow()
         values = [{"channel": m.channel, "provider_id": m.provider_id, "sender": m.sender, "text": m.text,
-                   "media": list(m.media), "received_at": now} for m, _ in batch]
+                   "media": list(m.media), "kind": m.kind, "payload": m.payload, "received_at": now}
+                  for m, _ in batch]
         # One cached statement run as executemany: SQLAlchemy batches it into multi-row INSERTs.
         with self._engine.begin() as connection:
             stored = connection.execute(self._insert, values).all()

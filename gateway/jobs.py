@@ -4,18 +4,19 @@ otherwise sit in Redis for a year in the failed-job registry."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache, cached_property
 
 from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers import build_classifier
-from gateway import outbox, pipeline
+from gateway import outbox, pipeline, workflow
 from gateway.channels import build_senders
 from gateway.config import Settings, load_settings
 from gateway.queues import OUTBOUND_QUEUE, connect, queues
-from gateway.store import load_city_from_store, make_engine, session_factory
+from gateway.store import load_city_from_store, make_engine, session_factory, utcnow
+from gateway.world import World
 
 JOB_OPTIONS = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600}
 
@@ -28,11 +29,11 @@ class WorkerContext:
     senders: dict[str, outbox.ChannelSender]
 
     @cached_property
-    def world(self) -> pipeline.World:
+    def world(self) -> World:
         """The city and a warmed-up classifier (~1 s and ~100 MB: only processes that classify)."""
         with self.sessions() as session:
             city = load_city_from_store(session)
-        world = pipeline.World(self.settings, city, build_classifier(city, self.settings))
+        world = World(self.settings, city, build_classifier(city, self.settings))
         world.classifier.classify("warm-up", None)
         return world
 
@@ -45,7 +46,8 @@ class WorkerContext:
 def context() -> WorkerContext:
     settings = load_settings()
     sessions = session_factory(make_engine(settings.sqlalchemy_url))
-    return WorkerContext(settings, sessions, queues(connect(settings.redis_url)), build_senders(settings))
+    connection = connect(settings.redis_url)
+    return WorkerContext(settings, sessions, queues(connection), build_senders(settings, connection))
 
 
 def enqueue_inbound(queue: Queue, ids: list[int]) -> None:
@@ -57,6 +59,22 @@ def enqueue_delivery(queue: Queue, ids: list[int], delay: timedelta | None = Non
         queue.enqueue_in(delay, deliver_job, ids, **JOB_OPTIONS)
     else:
         queue.enqueue(deliver_job, ids, **JOB_OPTIONS)
+
+
+def enqueue_tick(queue: Queue) -> None:
+    queue.enqueue(tick_job, **JOB_OPTIONS)
+
+
+def tick_job(at: str | None = None) -> None:
+    """Deadlines: reminders, escalations and rating time-outs as of `at` (ISO, UTC) or now."""
+    ctx = context()
+    now = datetime.fromisoformat(at) if at else utcnow()
+    with ctx.sessions() as session, session.begin():
+        queued = workflow.tick(session, ctx.world, now)
+        session.flush()
+        outbox_ids = [row.id for row in queued]
+    if outbox_ids:
+        enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], outbox_ids)
 
 
 def process_inbound_job(ids: list[int]) -> None:

@@ -33,4 +33,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for chatty in ("alembic", "httpx", "twilio.http_client"):  # a line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)

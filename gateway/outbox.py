@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import SendError
 from gateway.logs import mask
-from gateway.store import OutboxRow, utcnow
+from gateway.store import ContactRow, OutboxRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,15 @@ STATE_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivere
 
 
 class ChannelSender(Protocol):
-    def send(self, recipient: str, body: str, outbox_id: int) -> str: ...
+    def send(self, recipient: str, body: str, outbox_id: int, markup: dict | None) -> str: ...
 
     def find_sent(self, recipient: str, body: str, since: datetime) -> str | None: ...
 
 
 def queue_message(session: Session, channel: str, recipient: str, body: str,
-                  case_id: int | None = None) -> OutboxRow:
-    row = OutboxRow(channel=channel, recipient=recipient, body=body, case_id=case_id, state="pending")
+                  case_id: int | None = None, markup: dict | None = None) -> OutboxRow:
+    row = OutboxRow(channel=channel, recipient=recipient, body=body, case_id=case_id, markup=markup,
+                    state="pending")
     session.add(row)
     return row
 
@@ -68,7 +69,7 @@ def deliver(sessions: sessionmaker[Session], senders: dict[str, ChannelSender], 
                 outcome["skipped"] += 1
                 continue
             try:
-                provider_id = senders[row.channel].send(row.recipient, row.body, row.id)
+                provider_id = senders[row.channel].send(row.recipient, row.body, row.id, row.markup)
             except SendError as error:
                 outcome[_after_failure(session, row, error, retry_later)] += 1
             else:
@@ -91,6 +92,8 @@ def _after_failure(session: Session, row: OutboxRow, error: SendError,
         retry_later(row.id, delay)
         return "retry"
     row.state = "failed"
+    if error.code == "blocked":  # the user blocked the bot: remember it, never retry
+        session.merge(ContactRow(channel=row.channel, address=row.recipient, blocked=True, updated_at=row.updated_at))
     log.error("outbox %s to %s failed for good: %s", row.id, mask(row.recipient), row.last_error)
     return "failed"
 

@@ -3,6 +3,7 @@
 `receive` and `store` happen in the web process (gateway.intake) before the provider gets its
 200. Everything here runs in an rq worker on a message that is already safe in the store, in
 one transaction with the replies it produces, so a retried job can never act twice.
+Residents (SMS, the residents' bot) and grid workers (the workers' bot) take different paths.
 """
 
 from __future__ import annotations
@@ -14,31 +15,23 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifiers import Classification, Classifier
-from gateway import cases, replies
+from classifiers import Classification
+from gateway import cases, replies, workflow
 from gateway.city import City
-from gateway.config import Settings
 from gateway.intents import Intent, parse_intent
 from gateway.logs import mask
 from gateway.outbox import queue_message
-from gateway.store import ContactRow, InboundRow, OutboxRow, insert_for, utcnow
+from gateway.store import CaseAttachmentRow, CaseRow, ContactRow, InboundRow, OutboxRow, insert_for, utcnow
+from gateway.world import RESIDENT_BOT, SMS, WORKER_BOT, World
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class World:
-    """What the pipeline needs to understand and route: loaded once per worker process."""
-
-    settings: Settings
-    city: City
-    classifier: Classifier
 
 
 @dataclass(frozen=True)
 class Understanding:
     intent: Intent
     language: str
+    phone: str | None  # the resident's phone: the SMS sender, or the number a chat shared
     verdict: Classification | None  # only appeals are classified
 
 
@@ -51,9 +44,11 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
     """
     with sessions() as session:
         pending = session.scalars(select(InboundRow).where(InboundRow.id.in_(ids),
-                                                           InboundRow.processed_at.is_(None))).all()
+                                                           InboundRow.processed_at.is_(None))
+                                  .order_by(InboundRow.id)).all()
+        phones = {row.id: resident_phone(session, row) for row in pending}
         session.commit()  # end the read snapshot before writing (SQLite refuses a stale writer)
-        understood = {row.id: understand(world, row) for row in pending}
+        understood = {row.id: understand(world, row, phones[row.id]) for row in pending}
         now = utcnow()
         claimed = set(session.scalars(
             update(InboundRow)
@@ -78,29 +73,82 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
     return outbox_ids
 
 
-def understand(world: World, inbound: InboundRow) -> Understanding:
+def resident_phone(session: Session, inbound: InboundRow) -> str | None:
+    if inbound.channel == SMS:
+        return inbound.sender
+    if inbound.channel == RESIDENT_BOT:
+        return session.scalar(select(ContactRow.phone).where(ContactRow.channel == RESIDENT_BOT,
+                                                             ContactRow.address == inbound.sender))
+    return None
+
+
+def understand(world: World, inbound: InboundRow, phone: str | None) -> Understanding:
     """What the message asks for, in which language, and for an appeal what and where it is about."""
-    intent = parse_intent(inbound.text)
-    verdict = world.classifier.classify(inbound.text, inbound.sender) if intent.kind == "appeal" else None
-    return Understanding(intent, reply_language(world.city, inbound.sender, intent), verdict)
+    # A bot command (/start) is Latin letters whatever the user's language: it says nothing of it.
+    intent = Intent("command", None) if inbound.kind == "command" else parse_intent(inbound.text)
+    language = reply_language(world.city, phone, intent, inbound.payload.get("language"))
+    classify = (inbound.channel != WORKER_BOT and intent.kind == "appeal" and inbound.text.strip()
+                and inbound.kind in ("text", "photo"))
+    verdict = world.classifier.classify(inbound.text, phone) if classify else None
+    return Understanding(intent, language, phone, verdict)
+
+
+def reply_language(city: City, phone: str | None, intent: Intent, chat_language: str | None) -> str:
+    """English when they write English or are registered (or their chat app is set) as English."""
+    if intent.written_language:
+        return intent.written_language
+    resident = city.resident_by_phone(phone) if phone else None
+    if resident:
+        return resident.language
+    return "en" if (chat_language or "").startswith("en") else "zh"
 
 
 def act(session: Session, world: World, inbound: InboundRow, understanding: Understanding,
         now: datetime) -> list[OutboxRow]:
     """Route and act on one understood message, and queue the replies."""
-    intent, language = understanding.intent, understanding.language
+    if inbound.channel == WORKER_BOT:
+        return act_for_worker(session, world, inbound, now)
+    return act_for_resident(session, world, inbound, understanding, now)
 
-    def reply(body: str, case_id: int | None = None) -> OutboxRow:
-        return queue_message(session, inbound.channel, inbound.sender, body, case_id)
+
+def act_for_resident(session: Session, world: World, inbound: InboundRow, understanding: Understanding,
+                     now: datetime) -> list[OutboxRow]:
+    intent, language = understanding.intent, understanding.language
+    reporters = tuple(r for r in (inbound.sender, understanding.phone) if r)
+
+    def reply(body: str, case_id: int | None = None, markup: dict | None = None) -> OutboxRow:
+        return queue_message(session, inbound.channel, inbound.sender, body, case_id, markup)
+
+    if inbound.kind == "command" and inbound.payload.get("command") == "start":
+        return [reply(replies.render("welcome", language), markup={
+            "contact": replies.render("share_contact", language)})]
+    if inbound.kind == "contact":
+        return [reply(link_chat(session, world.city, inbound, language, now))]
+    if inbound.kind in ("photo", "location") and understanding.verdict is None:
+        return attach(session, inbound, reporters, language, now)
+    if inbound.kind not in ("text", "photo"):
+        return [reply(replies.render("unsupported", language))]
+
+    awaiting = session.scalar(select(CaseRow).where(CaseRow.reporter.in_(reporters), CaseRow.awaiting.is_not(None))
+                              .order_by(CaseRow.updated_at.desc()).limit(1))
+    if awaiting is not None and awaiting.awaiting == "info" and intent.kind == "appeal":
+        return workflow.answer_question(session, world, awaiting, inbound.text, now)
+    rating = workflow.parse_rating(inbound.text)
+    if awaiting is not None and awaiting.awaiting == "rating" and rating is not None:
+        return workflow.rate(session, world, awaiting, rating, now)
 
     if understanding.verdict is not None:
         case = cases.open_case(session, city=world.city, settings=world.settings,
                                channel=inbound.channel, reporter=inbound.sender, text=inbound.text,
                                language=language, verdict=understanding.verdict, now=now)
         session.execute(update(InboundRow).where(InboundRow.id == inbound.id).values(case_id=case.id))
-        return [reply(cases.acknowledgement(world.city, case), case.id)]
+        if inbound.kind == "photo":
+            session.add(CaseAttachmentRow(case_id=case.id, added_by=inbound.sender, kind="photo",
+                                          data=inbound.payload, at=now))
+        ack = reply(cases.acknowledgement(world.city, case), case.id)
+        return [ack, *workflow.route(session, world, case, now)]
     if intent.kind == "status":
-        return [reply(body) for body in status_replies(session, world, inbound.sender, intent, language)]
+        return [reply(body) for body in status_replies(session, world, reporters, intent, language)]
     if intent.kind in ("opt_out", "opt_in"):
         changed = set_opt_out(session, inbound.channel, inbound.sender, intent.kind == "opt_out", now)
         return [reply(replies.render("opted_out" if intent.kind == "opt_out" else "opted_in", language))
@@ -108,22 +156,62 @@ def act(session: Session, world: World, inbound: InboundRow, understanding: Unde
     return [reply(replies.render("help", language))]
 
 
-def reply_language(city: City, sender: str, intent: Intent) -> str:
-    """English when they write English or are registered as English speakers; Chinese otherwise."""
-    if intent.written_language:
-        return intent.written_language
-    resident = city.resident_by_phone(sender)
-    return resident.language if resident else "zh"
+def act_for_worker(session: Session, world: World, inbound: InboundRow, now: datetime) -> list[OutboxRow]:
+    """The workers' bot: only chats in the staff roster are served."""
+    worker = next((w for w in world.city.workers.values() if str(w.telegram_chat_id) == inbound.sender), None)
+    if worker is None:
+        return [queue_message(session, WORKER_BOT, inbound.sender, replies.worker_text("stranger"))]
+    command = inbound.payload.get("command") if inbound.kind == "command" else None
+    if inbound.kind == "callback":
+        return workflow.worker_button(session, world, worker, inbound.sender, inbound.payload.get("data", ""), now)
+    if command == "start":
+        return [workflow.message_worker(session, worker, replies.worker_text(
+            "hello", name=worker.name, role=replies.role_name(worker.role, "zh")))]
+    if command == "tasks":
+        return workflow.open_tasks(session, world, worker)
+    if command == "log":
+        text = inbound.payload.get("args", "").strip()
+        if text:
+            return workflow.write_log(session, worker, text, now)
+        return [workflow.message_worker(session, worker, replies.worker_text("help"))]
+    photo = inbound.payload.get("photo") if inbound.kind == "photo" else None
+    return workflow.worker_reply(session, world, worker, inbound.sender, inbound.text.strip(), photo, now)
 
 
-def status_replies(session: Session, world: World, sender: str, intent: Intent, language: str) -> list[str]:
+def link_chat(session: Session, city: City, inbound: InboundRow, language: str, now: datetime) -> str:
+    """A shared contact links the chat to a registered resident (only their own number counts)."""
+    phone = inbound.payload.get("phone")
+    resident = city.resident_by_phone(phone) if phone and inbound.payload.get("own", True) else None
+    if resident is None:
+        return replies.render("not_registered", language)
+    session.execute(insert_for(session, ContactRow)
+                    .values(channel=inbound.channel, address=inbound.sender, phone=phone, updated_at=now)
+                    .on_conflict_do_update(index_elements=["channel", "address"],
+                                           set_={"phone": phone, "updated_at": now}))
+    return replies.render("linked", resident.language, name=resident.name)
+
+
+def attach(session: Session, inbound: InboundRow, reporters: tuple[str, ...], language: str,
+           now: datetime) -> list[OutboxRow]:
+    """A photo or location joins the sender's most recent open case."""
+    latest = cases.open_cases_of(session, reporters, limit=1)
+    if not latest:
+        return [queue_message(session, inbound.channel, inbound.sender, replies.render("attach_nothing", language))]
+    session.add(CaseAttachmentRow(case_id=latest[0].id, added_by=inbound.sender, kind=inbound.kind,
+                                  data=dict(inbound.payload), at=now))
+    return [queue_message(session, inbound.channel, inbound.sender,
+                          replies.render("attached", language, number=latest[0].number), latest[0].id)]
+
+
+def status_replies(session: Session, world: World, reporters: tuple[str, ...], intent: Intent,
+                   language: str) -> list[str]:
     timezone = world.settings.timezone
     if intent.case_number:
-        case = cases.reporter_case(session, sender, intent.case_number)
+        case = cases.reporter_case(session, reporters, intent.case_number)
         if case is None:
             return [replies.render("status_not_found", language, number=intent.case_number)]
         return [cases.status_text(world.city, case, language, timezone)]
-    open_cases = cases.open_cases_of(session, sender)
+    open_cases = cases.open_cases_of(session, reporters)
     if not open_cases:
         return [replies.render("status_none_open", language)]
     return ["\n".join(cases.status_text(world.city, case, language, timezone) for case in open_cases)]
@@ -141,3 +229,4 @@ def set_opt_out(session: Session, channel: str, address: str, opted_out: bool, n
         .values(opted_out=opted_out, updated_at=now)
     ).rowcount
     return bool(changed)
+

@@ -89,5 +89,10 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, health_check_interval=30)
 
 
+def private_redis_url(home: Path) -> str:
+    """Where `gridline up` runs its private Redis, for commands run beside it."""
+    return PrivateRedis(home / "redis").url
+
+
 def queues(connection: redis.Redis) -> dict[str, Queue]:
     return {name: Queue(name, connection=connection) for name in QUEUE_NAMES}

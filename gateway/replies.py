@@ -51,9 +51,88 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "en": "Grid service line: text a description of the problem (where and what) to report it; "
               "text the case number or STATUS to follow a case; STOP ends notices, START resumes them.",
     },
+    # --- to residents, as their case moves ---
+    "assigned": {
+        "zh": "您的诉求{number}已分派给{worker}（{role}）办理，办理时限{deadline}。",
+        "en": "Case {number} is now with {worker} ({role}), due {deadline}.",
+    },
+    "escalated": {
+        "zh": "您的诉求{number}已上报至{unit}协调办理。",
+        "en": "Case {number} has been escalated to {unit}.",
+    },
+    "rejected": {
+        "zh": "您的诉求{number}不属于受理范围：{reason}",
+        "en": "Case {number} cannot be handled by the city: {reason}",
+    },
+    "merged": {
+        "zh": "您的诉求{number}与案件{into}为同一事项，已合并办理，请关注{into}的进度。",
+        "en": "Case {number} is the same matter as case {into} and was merged into it; follow {into}.",
+    },
+    "resolved": {
+        "zh": "您的诉求{number}已办结：{note}\n请评价：回复1-5分，或“满意”“基本满意”“不满意”。",
+        "en": "Case {number} is resolved: {note}\nPlease rate it: reply 1-5 (5 = very satisfied).",
+    },
+    "question": {
+        "zh": "关于您的诉求{number}，网格员想了解：{question}\n请直接回复。",
+        "en": "About case {number}, the grid worker asks: {question}\nPlease reply to this message.",
+    },
+    "info_received": {"zh": "已将补充信息转给办理人员（案件{number}）。",
+                      "en": "Your answer was passed on (case {number})."},
+    "rated": {"zh": "感谢您的评价，案件{number}已关闭。", "en": "Thank you. Case {number} is closed."},
+    "reopened": {"zh": "很抱歉未能让您满意，案件{number}已重新办理，网格长将跟进。",
+                 "en": "Sorry it was not resolved to your satisfaction. Case {number} is reopened; "
+                       "the grid leader will follow it up."},
+    "attached": {"zh": "已附加到案件{number}。", "en": "Added to case {number}."},
+    "attach_nothing": {"zh": "请先发送问题描述，再补充照片或位置。",
+                       "en": "Please describe the problem first, then add photos or a location."},
+    "welcome": {
+        "zh": "您好，这里是网格服务平台。直接发送问题描述即可提交诉求。分享手机号可关联您的登记信息。",
+        "en": "Hello, this is the grid service line. Send a description of a problem to report it. "
+              "Share your phone number to link your registration.",
+    },
+    "share_contact": {"zh": "分享手机号", "en": "Share my phone number"},
+    "linked": {"zh": "已关联登记居民{name}。", "en": "Linked to the registered resident {name}."},
+    "not_registered": {"zh": "该手机号未登记，您仍可直接提交诉求。",
+                       "en": "That number is not registered; you can still report problems here."},
+    "unsupported": {"zh": "暂不支持此类消息，请发送文字描述。", "en": "Please send text: this kind of message "
+                                                                   "is not supported."},
     "nobody": {"zh": "待分派", "en": "not yet assigned"},
     "nowhere": {"zh": "待核实", "en": "to be confirmed"},
 }
+
+# --- to grid workers, on the workers' bot (Chinese: the staff roster's working language) ---
+WORKER_TEMPLATES: dict[str, str] = {
+    "alert": "【新任务】案件{number}\n分类：{category}\n地点：{place}\n内容：{text}\n办理时限：{deadline}{extra}",
+    "escalated_alert": "【上报任务】案件{number}由{source}上报：{reason}\n分类：{category}\n地点：{place}\n"
+                       "内容：{text}\n办理时限：{deadline}",
+    "inform_leader": "【知悉】网格案件{number}（{category}，{place}）已分派给{worker}。",
+    "reopened_leader": "【重办】案件{number}居民评价不满意，已重新办理，请跟进。办理人：{worker}。",
+    "reminder": "【提醒】案件{number}将于{deadline}到期，请及时办理。",
+    "triage": "【待分拣】案件{number}无法自动分派（{why}）。内容：{text}\n建议：{suggestions}",
+    "accepted": "已接单：案件{number}。",
+    "ask_note": "请回复案件{number}的办结说明（可附照片）。",
+    "ask_reason": "请回复无法办理、需要上报案件{number}的原因。",
+    "ask_question": "请回复要向居民询问的问题（案件{number}）。",
+    "resolved": "案件{number}已办结，已通知居民评价。",
+    "escalated": "案件{number}已上报至{unit}。",
+    "question_sent": "已向居民转达问题（案件{number}）。",
+    "answer": "居民就案件{number}回复：{text}",
+    "photo_saved": "照片已附加到案件{number}，请继续回复办结说明。",
+    "not_yours": "案件{number}不在您的待办中。",
+    "refused": "无法执行：{reason}",
+    "tasks": "您的待办（按时限）：\n{lines}",
+    "no_tasks": "您目前没有待办案件。",
+    "logged": "民情日志已记录（#{id}）。如需立案请点击下方按钮。",
+    "log_to_case": "已将民情日志#{id}立案，编号{number}。",
+    "hello": "您好，{name}（{role}）。任务会推送到这里；/tasks 查看待办，/log 记录民情日志。",
+    "stranger": "您好，此机器人仅供登记在册的网格工作人员使用。居民请使用居民服务机器人。",
+    "help": "点击任务下方的按钮办理；/tasks 查看待办；/log 内容 记录民情日志。",
+}
+ROLE_NAMES = {"grid_leader": "网格长", "grid_worker": "专职网格员", "volunteer": "兼职网格员",
+              "community_officer": "社区干部", "street_officer": "街道干部", "dept_staff": "部门工作人员"}
+ROLE_NAMES_EN = {"grid_leader": "grid leader", "grid_worker": "grid worker", "volunteer": "volunteer",
+                 "community_officer": "community officer", "street_officer": "street officer",
+                 "dept_staff": "department staff"}
 
 STATE_NAMES: dict[str, dict[str, str]] = {
     "received": {"zh": "已受理", "en": "received"},
@@ -75,3 +154,11 @@ def render(key: str, language: str, **fields: object) -> str:
 
 def state_name(state: str, language: str) -> str:
     return STATE_NAMES.get(state, {}).get(language, state)
+
+
+def worker_text(key: str, **fields: object) -> str:
+    return WORKER_TEMPLATES[key].format(**fields)
+
+
+def role_name(role: str, language: str) -> str:
+    return (ROLE_NAMES_EN if language == "en" else ROLE_NAMES).get(role, role)

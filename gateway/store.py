@@ -133,6 +133,8 @@ class InboundRow(Base):
     sender: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
     media: Mapped[list] = mapped_column(JSON, default=list)
+    kind: Mapped[str] = mapped_column(String(16), default="text")  # text, command, contact, callback...
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)  # the kind's details (phone, button data...)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)  # why handling failed, for an operator to see
@@ -157,10 +159,54 @@ class CaseRow(Base):
     queue: Mapped[str] = mapped_column(String(16))  # "routed" or "triage"
     triage_notes: Mapped[dict] = mapped_column(JSON, default=dict)  # suggestions, grid candidates
     state: Mapped[str] = mapped_column(String(16), index=True)
-    assigned_worker_id: Mapped[str | None] = mapped_column(String(32))
-    deadline: Mapped[datetime] = mapped_column(DateTime)
+    assigned_worker_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    deadline: Mapped[datetime] = mapped_column(DateTime)  # the category's SLA: fixed, for on-time rates
+    level: Mapped[int] = mapped_column(Integer, default=3)  # grid level holding it: 3 grid ... 0 district
+    escalate_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # current holder's deadline
+    reminded_at: Mapped[datetime | None] = mapped_column(DateTime)
+    awaiting: Mapped[str | None] = mapped_column(String(16))  # "rating" or "info" from the resident
+    resolution: Mapped[str | None] = mapped_column(Text)
+    rating: Mapped[int | None] = mapped_column(Integer)  # 1-5; 满意 5, 基本满意 4, 不满意 1
+    reopened: Mapped[int] = mapped_column(Integer, default=0)
+    merged_into: Mapped[str | None] = mapped_column(String(16))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CaseAttachmentRow(Base):
+    """A photo or location a resident or worker added to a case."""
+
+    __tablename__ = "case_attachments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    added_by: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # photo, location
+    data: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WorkerPromptRow(Base):
+    """A question the workers' bot asked and is waiting for (a resolve note, an escalation reason)."""
+
+    __tablename__ = "worker_prompts"
+    chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))
+    case_number: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OpinionLogRow(Base):
+    """民情日志: what a grid worker saw on a visit; it can be turned into a case."""
+
+    __tablename__ = "opinion_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    grid_code: Mapped[str | None] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class CaseEventRow(Base):
@@ -194,8 +240,9 @@ class OutboxRow(Base):
     recipient: Mapped[str] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    markup: Mapped[dict | None] = mapped_column(JSON)  # chat buttons: {"inline": rows} or {"contact": label}
     state: Mapped[str] = mapped_column(String(16), default="pending")
-    provider_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    provider_id: Mapped[str | None] = mapped_column(String(64), index=True)  # Telegram's repeat per chat
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -204,13 +251,15 @@ class OutboxRow(Base):
 
 
 class ContactRow(Base):
-    """What a phone or chat asked of us: opted out of broadcasts, preferred language."""
+    """What a phone or chat asked of us: opted out of broadcasts, preferred language, linked phone."""
 
     __tablename__ = "contacts"
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     language: Mapped[str | None] = mapped_column(String(8))
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)  # a chat linked by shared contact
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)  # the user blocked our bot
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

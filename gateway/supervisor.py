@@ -17,6 +17,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 
+from adapters import SendError
+from adapters.telegram import TelegramClient
 from gateway.city import load_city
 from gateway.config import Settings
 from gateway.queues import PrivateRedis
@@ -74,7 +76,7 @@ class Supervisor:
         env.update({
             "GRIDLINE_HOME": str(s.home.resolve()), "GRIDLINE_CONFIG_DIR": str(s.config_dir.resolve()),
             "GRIDLINE_REDIS_URL": s.redis_url, "GRIDLINE_TWILIO_API_BASE": s.twilio_base,
-            "GRIDLINE_PUBLIC_URL": s.base_url,
+            "GRIDLINE_PUBLIC_URL": s.base_url, "GRIDLINE_TELEGRAM_API_BASE": s.telegram_base,
         })
         return env
 
@@ -86,12 +88,34 @@ class Supervisor:
         if self.settings.sandbox and not self.settings.twilio_api_base:
             self.children.append(Child("twilio-sandbox", "adapters.sandbox.twilio_fake",
                                        ("--port", str(self.settings.sandbox_port))))
+        if self.settings.telegram_sandbox and not self.settings.telegram_api_base:
+            tokens = [arg for token in self.settings.telegram_tokens.values() for arg in ("--token", token)]
+            self.children.append(Child("telegram-sandbox", "adapters.sandbox.telegram_fake",
+                                       ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
         self.children += [Child(f"worker-{n}", "gateway.worker") for n in range(self.settings.workers)]
         self.children += [Child("sweeper", "gateway.sweeper"), Child("web", "gateway.app")]
+        if self.settings.telegram_polling:
+            self.children.append(Child("telegram-poller", "gateway.telegram_poller"))
         env = self.child_environment()
         for child in self.children:
             child.start(env)
         self.wait_until_ready()
+        if not self.settings.telegram_polling:
+            self.register_webhooks()
+
+    def register_webhooks(self) -> None:
+        """Point both bots at our webhooks, with the secret Telegram must echo back."""
+        s = self.settings
+        for bot, token in s.telegram_tokens.items():
+            with TelegramClient(token, s.telegram_base) as client:
+                for attempt in range(50):  # the sandbox may still be starting
+                    try:
+                        client.set_webhook(f"{s.base_url}/webhooks/telegram/{bot}", s.telegram_webhook_secret)
+                        break
+                    except SendError:
+                        if attempt == 49:
+                            raise
+                        time.sleep(0.2)
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:
         url = f"http://{self.settings.host}:{self.settings.port}/healthz"

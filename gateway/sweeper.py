@@ -45,6 +45,7 @@ def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
                 jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + CHUNK])
             found["outbox"] = len(ids)
     found.update(broadcast_sweep(ctx))
+    jobs.enqueue_tick(ctx.queues[INBOUND_QUEUE])  # deadlines: reminders and escalations
     return found
 
 
