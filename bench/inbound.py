@@ -166,7 +166,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
     env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
                 "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
-                "GRIDLINE_WORKERS": str(args.workers)})
+                "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_WORKERS": str(args.workers)})
     settings = load_settings(env)
     print(f"signing {args.bodies} distinct webhooks ...", flush=True)
     bodies = home / "bodies.txt"

@@ -22,7 +22,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from aiohttp import web
@@ -251,8 +250,10 @@ async def api_action(request: web.Request) -> web.Response:
     return web.json_response(await _in_store(request, work))
 
 
-def add_routes(app: web.Application, gateway: ModuleType) -> None:
-    """Called by `gateway.app.create_app`, which passes its own module (its AppKeys and helpers)."""
+def add_routes(app: web.Application) -> None:
+    """Called by `gateway.app.create_app` once the gateway's own state is in `app`."""
+    from gateway import app as gateway  # the gateway imports this module, not the other way round
+
     city = app[gateway.CITY]
     app[HANDLERS] = Handlers(
         app[gateway.SETTINGS], app[gateway.SESSIONS],

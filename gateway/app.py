@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from dataclasses import replace
-from importlib import import_module
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -21,11 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
+from broadcasts import api as broadcast_api
 from gateway import cases, jobs, operators, outbox
 from gateway.city import City, Worker
-from gateway.config import Settings, load_settings
+from gateway.config import Settings
 from gateway.intake import Intake
-from gateway.logs import setup_logging
 from gateway.queues import INBOUND_QUEUE, connect
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
 from gateway.world import BOTS
@@ -203,22 +201,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)
     app.router.add_get("/healthz", health)
-    # Late, and handing over this very module: under `python -m` it is __main__, not gateway.app.
-    import_module("broadcasts.api").add_routes(app, sys.modules[__name__])
+    broadcast_api.add_routes(app)
 
     async def close_intake(_app: web.Application) -> None:
         intake.close()
 
     app.on_cleanup.append(close_intake)
     return app
-
-
-def main() -> None:
-    setup_logging()
-    settings = load_settings()
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
-                print=None)
-
-
-if __name__ == "__main__":
-    main()

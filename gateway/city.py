@@ -92,22 +92,37 @@ class Resident:
     birth_year: int | None
 
 
+ResidentLookup = Callable[[str], Resident | None]
+
+
 @dataclass
 class City:
+    """The small tables in memory; residents either all in memory (a CSV import) or looked up.
+
+    A city read from CSV holds every resident in `residents` (import and validation need them all).
+    Long-running processes load the city from the store with `residents=None` and a `find_resident`
+    that queries the database by phone: the audience can be millions, and every process holding it
+    made memory grow with N. Everyone asks through `resident_by_phone` either way.
+    """
+
     grids: dict[str, Grid]
     places: list[Place]
     departments: dict[str, Department]
     categories: dict[str, Category]
     appeal_types: dict[str, AppealType]
     workers: dict[str, Worker]
-    residents: dict[str, Resident]
-    _by_phone: dict[str, Resident] = field(default_factory=dict, repr=False)
+    residents: dict[str, Resident] | None  # None: not in memory, ask resident_by_phone
+    find_resident: ResidentLookup | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._by_phone = {r.phone: r for r in self.residents.values()}
+        if self.find_resident is None:
+            if self.residents is None:
+                raise ValueError("a City needs its residents or a way to find them")
+            self.find_resident = {r.phone: r for r in self.residents.values()}.get
 
     def resident_by_phone(self, phone: str) -> Resident | None:
-        return self._by_phone.get(phone)
+        assert self.find_resident is not None  # set by __post_init__
+        return self.find_resident(phone)
 
     def lineage(self, grid_code: str) -> list[Grid]:
         """The grid and its ancestors, nearest first (grid → community → street → district)."""

@@ -8,6 +8,7 @@ Schema changes go through Alembic (`gateway/migrations`); `migrate()` brings a d
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import (
@@ -322,6 +323,8 @@ def import_city(session: Session, city: citymod.City) -> dict[str, int]:
     rows += [CategoryRow(**vars(c)) for c in city.categories.values()]
     rows += [AppealTypeRow(**vars(t)) for t in city.appeal_types.values()]
     rows += [WorkerRow(**{**vars(w), "languages": list(w.languages)}) for w in city.workers.values()]
+    if city.residents is None:
+        raise ValueError("import a city read from CSV (load_city): this one does not hold its residents")
     rows += [ResidentRow(**{k: v for k, v in vars(r).items()} | {"tags": list(r.tags)})
              for r in city.residents.values()]
     session.add_all(rows)
@@ -336,25 +339,50 @@ def city_imported(session: Session) -> bool:
     return session.scalar(select(GridRow.code).limit(1)) is not None
 
 
-def load_city_from_store(session: Session) -> citymod.City:
-    """The imported city as the same dataclasses `load_city` returns."""
+RESIDENT_CACHE = 4096  # residents per process, most recently asked: repeat senders, a live case's reporter
 
-    def plain(row: Base, **lists: type) -> dict:
-        values = {c.key: getattr(row, c.key) for c in row.__table__.columns}
-        values.update({k: tuple(values[k]) for k in lists})
-        return values
+
+def _plain(row: Base, **lists: type) -> dict:
+    values = {c.key: getattr(row, c.key) for c in row.__table__.columns}
+    values.update({k: tuple(values[k]) for k in lists})
+    return values
+
+
+def residents_by_phone(sessions: sessionmaker[Session]) -> citymod.ResidentLookup:
+    """One resident by phone through the unique index on residents.phone, with a small LRU cache.
+
+    Residents change only by `gridline import`, after which the processes are restarted (as it
+    says), so a cached answer is never stale for long.
+    """
+
+    @lru_cache(maxsize=RESIDENT_CACHE)
+    def find(phone: str) -> citymod.Resident | None:
+        with sessions() as session:
+            row = session.scalar(select(ResidentRow).where(ResidentRow.phone == phone))
+            return citymod.Resident(**_plain(row, tags=tuple)) if row else None
+
+    return find
+
+
+def load_city_from_store(session: Session) -> citymod.City:
+    """The imported city as the same dataclasses `load_city` returns, without the residents.
+
+    Residents are looked up by phone on demand (`City.resident_by_phone`), in sessions of their own
+    on the same database, so a process's memory does not grow with the number of residents.
+    """
 
     def all_of(table):
         return session.scalars(select(table)).all()
 
     return citymod.City(
-        grids={r.code: citymod.Grid(**plain(r)) for r in all_of(GridRow)},
-        places=[citymod.Place(**plain(r, aliases=tuple)) for r in all_of(PlaceRow)],
-        departments={r.code: citymod.Department(**plain(r)) for r in all_of(DepartmentRow)},
-        categories={r.code: citymod.Category(**plain(r)) for r in all_of(CategoryRow)},
-        appeal_types={r.code: citymod.AppealType(**plain(r)) for r in all_of(AppealTypeRow)},
-        workers={r.id: citymod.Worker(**plain(r, languages=tuple)) for r in all_of(WorkerRow)},
-        residents={r.id: citymod.Resident(**plain(r, tags=tuple)) for r in all_of(ResidentRow)},
+        grids={r.code: citymod.Grid(**_plain(r)) for r in all_of(GridRow)},
+        places=[citymod.Place(**_plain(r, aliases=tuple)) for r in all_of(PlaceRow)],
+        departments={r.code: citymod.Department(**_plain(r)) for r in all_of(DepartmentRow)},
+        categories={r.code: citymod.Category(**_plain(r)) for r in all_of(CategoryRow)},
+        appeal_types={r.code: citymod.AppealType(**_plain(r)) for r in all_of(AppealTypeRow)},
+        workers={r.id: citymod.Worker(**_plain(r, languages=tuple)) for r in all_of(WorkerRow)},
+        residents=None,
+        find_resident=residents_by_phone(session_factory(session.get_bind())),
     )
 
 

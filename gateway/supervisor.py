@@ -93,7 +93,7 @@ class Supervisor:
             self.children.append(Child("telegram-sandbox", "adapters.sandbox.telegram_fake",
                                        ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
         self.children += [Child(f"worker-{n}", "gateway.worker") for n in range(self.settings.workers)]
-        self.children += [Child("sweeper", "gateway.sweeper"), Child("web", "gateway.app")]
+        self.children += [Child("sweeper", "gateway.sweeper"), Child("web", "gateway.web")]
         if self.settings.telegram_polling:
             self.children.append(Child("telegram-poller", "gateway.telegram_poller"))
         env = self.child_environment()

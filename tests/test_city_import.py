@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
 
 from gateway.city import CityImportError, load_city
-from gateway.store import ResidentRow
+from gateway.store import ResidentRow, import_city, load_city_from_store, make_engine, migrate, session_factory
 from tests.conftest import CONFIG, ROOT, stack_environment
 
 
@@ -65,3 +66,20 @@ def test_a_failed_import_loads_nothing(tmp_path):
         assert connection.execute(select(func.count()).select_from(ResidentRow)).scalar_one() == 2000
         assert connection.execute(select(ResidentRow.phone).where(ResidentRow.id == "R0001")).scalar_one() \
             == "+8617033259997"
+
+
+def test_a_city_loaded_from_the_store_finds_residents_by_phone_without_holding_them(tmp_path):
+    csv_city = load_city(CONFIG / "city")
+    engine = make_engine(f"sqlite:///{tmp_path / 'gridline.db'}")
+    migrate(engine)
+    with session_factory(engine)() as session, session.begin():
+        import_city(session, csv_city)
+    with session_factory(engine)() as session:
+        stored = load_city_from_store(session)
+    assert stored.residents is None
+    assert (stored.grids, stored.workers) == (csv_city.grids, csv_city.workers)
+    for resident in list(csv_city.residents.values())[::250]:
+        assert stored.resident_by_phone(resident.phone) == resident
+    assert stored.resident_by_phone("+8613900000000") is None
+    with pytest.raises(ValueError):
+        import_city(Session(engine), stored)
