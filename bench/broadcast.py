@@ -2,11 +2,17 @@
 
 Builds a scratch store with the sample city's grids and staff plus N synthetic residents (all on
 SMS, 5% English), starts `gridline up` with rate limits lifted and no quiet hours, orders one
-broadcast to everyone, and follows it to the end. Reports messages/s end to end (from the send
-order until the provider has accepted every message, and until every delivery report is in),
-the peak RSS of each process, and whether every recipient got exactly one message at the sandbox.
+broadcast to everyone, and follows it to the end, twice on the same stack:
+
+1. without delivery reports (the sandbox posts no status callbacks): the cost of sending alone;
+2. with delivery reports (every status Twilio would post; `--reports final`: the last one only).
+
+For each it reports messages/s end to end (from the send order until the provider has accepted
+every message, and until every delivery report is stored), each process's peak RSS and CPU time
+in that phase, and whether every recipient got exactly one message at the sandbox.
 
     .venv/bin/python bench/broadcast.py              # 100,000 residents
+    .venv/bin/python bench/broadcast.py --residents 20000 --only without
     .venv/bin/python bench/broadcast.py --million    # 1,000,000
 """
 
@@ -23,8 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import delete, insert, select
@@ -94,14 +99,100 @@ def usage(pids: list[int]) -> dict[str, tuple[int, float]]:
             continue
         name = next((c.decode() for c in command if c.startswith((b"gateway.", b"adapters."))),
                     Path(command[0].decode()).name)
-        hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), None)
+        if hwm is None:  # exiting: a zombie has no memory left to report
+            continue
         found[f"{name} ({pid})"] = (hwm // 1024, (int(stat[11]) + int(stat[12])) / ticks)
     return found
 
 
-def sandbox_counts(url: str) -> Counter[str]:
-    with urllib.request.urlopen(f"{url}/_sandbox/messages", timeout=600) as response:
-        return Counter(m["to"] for m in json.load(response)["messages"])
+def sandbox(url: str, method: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/_sandbox/{path}", data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def reset_peaks(pids: list[int]) -> None:
+    """Start each process's VmHWM afresh (clear_refs 5), so every phase reports its own peak."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+@dataclass
+class Phase:
+    label: str
+    callbacks: str  # the sandbox's mode: which delivery reports it posts
+    accepted: float | None = None  # seconds until the provider had accepted every message
+    reported: float | None = None  # seconds until every delivery report was stored
+    reports: int = 0
+    exactly_once: str = ""
+    usage: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+def run_phase(phase: Phase, settings, stack_pid: int, count: int) -> None:
+    """One broadcast to everyone, followed until it is done (and, with reports, until all are stored)."""
+    pids = descendants(stack_pid)
+    sandbox(settings.twilio_base, "DELETE", "messages")
+    sandbox(settings.twilio_base, "POST", "callbacks", {"mode": phase.callbacks})
+    reset_peaks(pids)
+    cpu_before = usage(pids)
+    sessions = session_factory(make_engine(settings.sqlalchemy_url))
+    with sessions() as session, session.begin():
+        tree = GridTree.load(session)
+        broadcast = service.create(session, settings, tree, None, title=phase.label, expression="all",
+                                   texts=TEXTS, emergency=False, now=utcnow())
+        service.send(session, settings, tree, broadcast, None, utcnow())
+        broadcast_id = broadcast.id
+    started = progressed = time.monotonic()
+    wants_reports = phase.callbacks != "none"
+    seen = 0
+    while time.monotonic() - progressed < STALL:
+        time.sleep(0.5)
+        with sessions() as session:
+            view = service.status(session, settings, session.get(BroadcastRow, broadcast_id), utcnow())
+        elapsed = time.monotonic() - started
+        print("\r" + progress_line(view, view["sent"] / elapsed), end="", flush=True)
+        phase.reports = view["delivered"] + view["failed"]
+        if view["sent"] + phase.reports > seen:
+            seen, progressed = view["sent"] + phase.reports, time.monotonic()
+        if phase.accepted is None and view["state"] == "done":
+            phase.accepted = elapsed
+        if phase.reported is None and phase.reports >= count:
+            phase.reported = elapsed
+        if phase.accepted is not None and (phase.reported is not None or not wants_reports):
+            break
+    print()
+    phase.usage = {name: (mib, cpu - cpu_before.get(name, (0, 0.0))[1])
+                   for name, (mib, cpu) in usage(descendants(stack_pid)).items()}
+    counts = sandbox(settings.twilio_base, "GET", "recipients")
+    expected = {phone(n) for n in range(count)}
+    missing, duplicated = len(expected - set(counts)), sum(1 for n in counts.values() if n > 1)
+    phase.exactly_once = "yes" if set(counts) == expected and not duplicated else \
+        f"NO (missing {missing}, duplicated {duplicated}, strangers {len(set(counts) - expected)})"
+
+
+def report(phase: Phase, count: int) -> None:
+    print(f"\n== {phase.label} (sandbox callbacks: {phase.callbacks}) ==")
+    if phase.accepted:
+        print(f"all accepted by the provider after {phase.accepted:.1f} s: "
+              f"{count / phase.accepted:,.0f} messages/s end to end")
+    else:
+        print(f"not all accepted (no progress for {STALL} s)")
+    if phase.callbacks != "none":
+        if phase.reported:
+            print(f"all delivery reports stored after {phase.reported:.1f} s: "
+                  f"{count / phase.reported:,.0f} messages/s end to end")
+        else:
+            print(f"delivery reports stored: {phase.reports:,} of {count:,} (no progress for {STALL} s)")
+    print("per process: peak RSS MiB / CPU s (this phase)")
+    for name, (mib, cpu) in sorted(phase.usage.items()):
+        print(f"  {name:<40} {mib:>6} {cpu:>8.1f}")
+    print(f"every recipient exactly one message: {phase.exactly_once}")
 
 
 def main() -> None:
@@ -109,8 +200,15 @@ def main() -> None:
     parser.add_argument("--residents", type=int, default=100_000)
     parser.add_argument("--million", action="store_true", help="1,000,000 residents")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reports", choices=("all", "final"), default="all",
+                        help="delivery reports in the second phase: all (as Twilio: sent and delivered) "
+                             "or final (delivered only)")
+    parser.add_argument("--only", choices=("without", "with"), help="run one phase only")
     args = parser.parse_args()
     count = 1_000_000 if args.million else args.residents
+    phases = [Phase("without delivery reports", "none"), Phase("with delivery reports", args.reports)]
+    if args.only:
+        phases = [phases[0] if args.only == "without" else phases[1]]
 
     home = Path(tempfile.mkdtemp(prefix="gridline-bench-broadcast-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
@@ -121,58 +219,24 @@ def main() -> None:
                 "GRIDLINE_SMS_SIGNATURE": "【网格中心】"})
     settings = load_settings(env)
     print(f"store: sample city + {count:,} synthetic residents ...", flush=True)
+    generating = time.monotonic()
     prepare_store(settings)
     synthetic_residents(settings, count)
-    print("starting gridline up ...", flush=True)
+    print(f"  generated in {time.monotonic() - generating:.0f} s; starting gridline up ...", flush=True)
     stack = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], cwd=ROOT, env=env,
                              stdout=(home / "gridline.log").open("w"), stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://{settings.host}:{settings.port}/healthz", timeout=600)
         settings = replace(settings, home=settings.home.resolve())
-        sessions = session_factory(make_engine(settings.sqlalchemy_url))
-        with sessions() as session, session.begin():
-            tree = GridTree.load(session)
-            broadcast = service.create(session, settings, tree, None, title="bench", expression="all",
-                                       texts=TEXTS, emergency=False, now=utcnow())
-            service.send(session, settings, tree, broadcast, None, utcnow())
-            broadcast_id = broadcast.id
-        started = progressed = time.monotonic()
-        all_sent = all_reported = None
-        reported = 0
-        while all_reported is None and time.monotonic() - progressed < STALL:
-            time.sleep(1)
-            with sessions() as session:
-                view = service.status(session, settings, session.get(BroadcastRow, broadcast_id), utcnow())
-            elapsed = time.monotonic() - started
-            print("\r" + progress_line(view, view["sent"] / elapsed), end="", flush=True)
-            if all_sent is None and view["state"] == "done":
-                all_sent = elapsed
-            if view["delivered"] + view["failed"] > reported:
-                reported, progressed = view["delivered"] + view["failed"], time.monotonic()
-            if reported >= count:
-                all_reported = elapsed
-        print()
-        peaks = usage(descendants(stack.pid))
-        counts = sandbox_counts(settings.twilio_base)
+        for phase in phases:
+            print(f"{phase.label} ...", flush=True)
+            run_phase(phase, settings, stack.pid, count)
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(120)
-
-    expected = {phone(n) for n in range(count)}
-    exactly_once = set(counts) == expected and set(counts.values()) == {1}
-    print(f"\nrecipients: {count:,}; messages at the sandbox: {sum(counts.values()):,}")
-    if all_sent:
-        print(f"all accepted by the provider after {all_sent:.1f} s: {count / all_sent:,.0f} messages/s end to end")
-    if all_reported:
-        print(f"all delivery reports stored after {all_reported:.1f} s: {count / all_reported:,.0f} messages/s")
-    else:
-        print(f"delivery reports stored: {reported:,} of {count:,} (no progress for {STALL} s)")
-    print("per process: peak RSS MiB / CPU s")
-    for name, (mib, cpu) in sorted(peaks.items()):
-        print(f"  {name:<40} {mib:>6} {cpu:>8.1f}")
-    print(f"every recipient exactly one message: {'yes' if exactly_once else 'NO'}"
-          + ("" if exactly_once else f" (missing {len(expected - set(counts))}, "
-                                     f"duplicated {sum(1 for n in counts.values() if n > 1)})"))
+    print(f"\nrecipients: {count:,}")
+    for phase in phases:
+        report(phase, count)
     shutil.rmtree(home, ignore_errors=True)
 
 

@@ -102,6 +102,11 @@ def fanout_job(broadcast_id: int) -> None:
         enqueue_fanout(here.queue, broadcast_id)
 
 
+def _new_deliveries(session: Session):
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: a resident already given a delivery is skipped."""
+    return insert_for(session, DeliveryRow).on_conflict_do_nothing().returning(DeliveryRow.id)
+
+
 def fan_out(here: Broadcasting, broadcast_id: int, pages: int = FANOUT_PAGES) -> bool:
     """Create up to `pages` pages of deliveries and enqueue their sends; True when the audience is done."""
     settings = here.settings
@@ -121,8 +126,9 @@ def fan_out(here: Broadcasting, broadcast_id: int, pages: int = FANOUT_PAGES) ->
                        "telegram_chat_id": r.telegram_chat_id, "state": "pending", "attempts": 0,
                        "next_attempt_at": now, "updated_at": now,
                        "text": renderer.render(r.language, r.name, r.grid_code)} for r in page]
-            ids = list(session.scalars(insert_for(session, DeliveryRow).values(values)
-                                       .on_conflict_do_nothing().returning(DeliveryRow.id)))
+            # executemany (SQLAlchemy's insertmanyvalues): one cached statement, sent as multi-row
+            # INSERTs; `.values(list)` compiled a fresh 500-row statement per page, 40% of a worker.
+            ids = list(session.connection().execute(_new_deliveries(session), values).scalars())
             session.execute(update(BroadcastRow).where(BroadcastRow.id == broadcast_id)
                             .values(fanout_cursor=page[-1].id, updated_at=now))
             session.commit()

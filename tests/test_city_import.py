@@ -81,5 +81,5 @@ def test_a_city_loaded_from_the_store_finds_residents_by_phone_without_holding_t
     for resident in list(csv_city.residents.values())[::250]:
         assert stored.resident_by_phone(resident.phone) == resident
     assert stored.resident_by_phone("+8613900000000") is None
-    with pytest.raises(ValueError):
-        import_city(Session(engine), stored)
+    with Session(engine) as session, pytest.raises(ValueError):
+        import_city(session, stored)

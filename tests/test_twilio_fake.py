@@ -147,7 +147,9 @@ def test_control_api_shows_and_forgets_messages(fake: LoopbackServer, client: Cl
     first, _ = reply(client, RESIDENT), reply(client, NEIGHBOUR)
     shown = requests.get(f"{fake.url}/_sandbox/messages", params={"to": RESIDENT}, timeout=5).json()
     assert [m["sid"] for m in shown["messages"]] == [first]
-    assert requests.delete(f"{fake.url}/_sandbox/messages", timeout=5).json() == {"deleted": 2}
+    reply(client, RESIDENT)
+    assert requests.get(f"{fake.url}/_sandbox/recipients", timeout=5).json() == {RESIDENT: 2, NEIGHBOUR: 1}
+    assert requests.delete(f"{fake.url}/_sandbox/messages", timeout=5).json() == {"deleted": 3}
     assert requests.get(f"{fake.url}/_sandbox/messages", timeout=5).json() == {"messages": []}
     refused = requests.post(f"{fake.url}/_sandbox/faults", json={"status": 200}, timeout=5)
     assert refused.status_code == 400
@@ -242,6 +244,37 @@ def test_undelivered_reports_the_carrier_error(
     assert (report.provider_id, report.status, report.error_code) == (sid, "undelivered", "30003")
     message = client.messages(sid).fetch()
     assert (message.status, message.error_code) == ("undelivered", 30003)
+
+
+def statuses_by_sid(posts: list[tuple[bool, dict[str, str]]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for verified, form in posts:
+        assert verified
+        found.setdefault(form["MessageSid"], []).append(form["MessageStatus"])
+    return found
+
+
+def test_callbacks_mode_final_posts_only_the_last_status(
+        fake: LoopbackServer, client: Client, receiver: StatusReceiver) -> None:
+    control(fake, "callbacks", {"mode": "final"})
+    control(fake, "faults", {"callbacks": ["sent", "undelivered"], "error_code": 30003})
+    failed, delivered = reply(client, status_callback=receiver.url), reply(client, status_callback=receiver.url)
+    control(fake, "callbacks", {"mode": "all"})  # applies to messages accepted from now on
+    realistic = reply(client, status_callback=receiver.url)
+    assert statuses_by_sid(receiver.take(4)) == {
+        failed: ["undelivered"], delivered: ["delivered"], realistic: ["sent", "delivered"]}
+
+
+def test_callbacks_mode_none_posts_nothing_but_delivery_goes_on(
+        fake: LoopbackServer, client: Client, receiver: StatusReceiver) -> None:
+    control(fake, "callbacks", {"mode": "none"})
+    silent = reply(client, status_callback=receiver.url)
+    control(fake, "callbacks", {"mode": "all"})
+    reported = reply(client, status_callback=receiver.url)
+    assert statuses_by_sid(receiver.take(2)) == {reported: ["sent", "delivered"]}
+    assert eventually(lambda: client.messages(silent).fetch().status == "delivered")
+    refused = requests.post(f"{fake.url}/_sandbox/callbacks", json={"mode": "some"}, timeout=5)
+    assert refused.status_code == 400
 
 
 def test_unreachable_status_callback_does_not_hold_up_sending(client: Client) -> None:

@@ -5,18 +5,29 @@ list with To / From / DateSent> filters and paging, fetch) in Twilio's JSON shap
 then plays each accepted message's delivery back as StatusCallback posts signed with
 X-Twilio-Signature, in the background. State lives in memory; nothing sleeps.
 
+Delivery reports are posted by CALLBACK_POSTERS tasks from a queue, like a provider with a bounded
+number of connections to one customer: under a backlog they arrive late rather than time out in a
+crowd of waiting requests. Which reports are posted is a setting (`--callbacks`, or the control API):
+
+    all    every status of every message (default: what Twilio does, "sent" then "delivered")
+    final  only each message's last status: every message still gets its delivery report, at half
+           the callbacks (benchmarks that want to see reports stored without paying for two each)
+    none   no callbacks at all (benchmarks of sending alone); the stored messages still move on
+
 Control API (JSON, no auth, loopback only):
 
     POST   /_sandbox/faults   {"status": 429, "count": 2}          the next 2 creates fail: 429, error 20429
                               {"callbacks": ["delivered", "sent"]} the next message reports out of order
                               {"callbacks": ["sent", "undelivered"], "error_code": "30003", "count": 1}
     POST   /_sandbox/opt-out  {"phone": "+8613800138000"}          creates to it fail with 21610
+    POST   /_sandbox/callbacks {"mode": "final"}                   which delivery reports to post
     GET    /_sandbox/messages?to=+8613800138000                    accepted messages, oldest first
+    GET    /_sandbox/recipients                                    {"+8613800138000": 2, ...}: messages per number
     DELETE /_sandbox/messages                                      forget the messages
-    POST   /_sandbox/reset                                         forget messages, faults and opt-outs
+    POST   /_sandbox/reset                                         forget messages, faults, opt-outs; mode all
 
-Start it with `python -m adapters.sandbox.twilio_fake --port 8089` (`--port 0`: a free port; the
-first line printed names the URL), or inside a test:
+Start it with `python -m adapters.sandbox.twilio_fake --port 8089 [--callbacks final]` (`--port 0`:
+a free port; the first line printed names the URL), or inside a test:
 
     with fake_twilio_server() as fake:
         client = twilio_sms.make_client(Settings(twilio_api_base=fake.url))
@@ -32,7 +43,7 @@ import logging
 import re
 import secrets
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +64,9 @@ log = logging.getLogger(__name__)
 API_VERSION = "2010-04-01"
 MAX_BODY = 1600  # characters, Twilio's limit for one (concatenated) message
 MAX_PAGE_SIZE = 1000
-CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=5)
+CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=5)  # per post, counted from when a poster takes it up
+CALLBACK_POSTERS = 64  # status callbacks in flight at once
+CALLBACK_MODES = ("all", "final", "none")
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 _ERROR_STATUSES = frozenset(status.value for status in HTTPStatus if status >= 400)
 _T = TypeVar("_T")
@@ -104,8 +117,12 @@ def _parse_date_sent(raw: str) -> datetime:
 class FakeTwilio:
     """State and handlers of one fake account; `app()` wires them into an aiohttp application."""
 
-    def __init__(self, account_sid: str = SANDBOX_ACCOUNT_SID, auth_token: str = SANDBOX_AUTH_TOKEN):
+    def __init__(self, account_sid: str = SANDBOX_ACCOUNT_SID, auth_token: str = SANDBOX_AUTH_TOKEN,
+                 callbacks: str = "all"):
+        if callbacks not in CALLBACK_MODES:
+            raise ValueError(f"callbacks must be one of {', '.join(CALLBACK_MODES)}")
         self.account_sid = account_sid
+        self.callbacks = callbacks
         self.auth_token = auth_token
         credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self._authorization = f"Basic {credentials}".encode()
@@ -113,7 +130,9 @@ class FakeTwilio:
         self._opted_out: set[str] = set()
         self._create_faults: deque[int] = deque()  # HTTP statuses the next creates answer with
         self._delivery_faults: deque[_Delivery] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # (message, its delivery, its StatusCallback, the callbacks mode when it was accepted)
+        self._deliveries: asyncio.Queue[tuple[_Message, _Delivery, str | None, str]] = asyncio.Queue()
+        self._posters: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -124,18 +143,22 @@ class FakeTwilio:
         app.router.add_get(f"{messages}/{{sid}}.json", self.fetch_message)
         app.router.add_post("/_sandbox/faults", self.add_fault)
         app.router.add_post("/_sandbox/opt-out", self.opt_out)
+        app.router.add_post("/_sandbox/callbacks", self.set_callbacks)
         app.router.add_get("/_sandbox/messages", self.sent_messages)
+        app.router.add_get("/_sandbox/recipients", self.recipients)
         app.router.add_delete("/_sandbox/messages", self.forget_messages)
         app.router.add_post("/_sandbox/reset", self.reset)
         app.cleanup_ctx.append(self._callback_session)
         return app
 
     async def _callback_session(self, _app: web.Application) -> AsyncIterator[None]:
-        self._session = aiohttp.ClientSession(timeout=CALLBACK_TIMEOUT)
+        self._session = aiohttp.ClientSession(timeout=CALLBACK_TIMEOUT,
+                                              connector=aiohttp.TCPConnector(limit=CALLBACK_POSTERS))
+        self._posters = [asyncio.create_task(self._post_deliveries()) for _ in range(CALLBACK_POSTERS)]
         yield
-        for task in self._tasks:
+        for task in self._posters:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._posters, return_exceptions=True)
         await self._session.close()
 
     def _refuse(self, request: web.Request) -> web.Response | None:
@@ -192,9 +215,7 @@ class FakeTwilio:
         self._messages[sid] = message
         response = web.json_response(message.payload, status=201)  # serialised now, before delivery starts
         delivery = self._delivery_faults.popleft() if self._delivery_faults else _NORMAL_DELIVERY
-        task = asyncio.get_running_loop().create_task(self._deliver(message, delivery, callback))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._deliveries.put_nowait((message, delivery, callback, self.callbacks))
         return response
 
     async def list_messages(self, request: web.Request) -> web.Response:
@@ -238,14 +259,24 @@ class FakeTwilio:
 
     # --- delivery ---------------------------------------------------------------------------
 
-    async def _deliver(self, message: _Message, delivery: _Delivery, callback: str | None) -> None:
+    async def _post_deliveries(self) -> None:
+        """One poster: take accepted messages off the queue and play their delivery back."""
+        while True:
+            message, delivery, callback, mode = await self._deliveries.get()
+            try:
+                await self._deliver(message, delivery, callback, mode)
+            except Exception:  # one bad message must not silence a poster for the rest
+                log.exception("delivering %s", message.payload["sid"])
+
+    async def _deliver(self, message: _Message, delivery: _Delivery, callback: str | None, mode: str) -> None:
         """Walk the message through `delivery.statuses`, posting each to its StatusCallback.
 
         The stored message only moves forward (by status_rank), as Twilio's own record does even when
-        its callbacks race each other.
+        its callbacks race each other. `mode` (see the module docstring) picks the statuses posted.
         """
         payload = message.payload
-        for status in delivery.statuses:
+        last = len(delivery.statuses) - 1
+        for n, status in enumerate(delivery.statuses):
             error_code = delivery.error_code if status in ("failed", "undelivered") else None
             if status_rank(status) > status_rank(payload["status"]):
                 now = datetime.now(UTC)
@@ -254,7 +285,7 @@ class FakeTwilio:
                     payload["date_sent"] = format_datetime(now)
                 payload.update(status=status, date_updated=format_datetime(now),
                                error_code=int(error_code) if error_code else None)
-            if callback:
+            if callback and (mode == "all" or (mode == "final" and n == last)):
                 await self._post_status(callback, payload, status, error_code)
 
     async def _post_status(self, url: str, payload: dict[str, Any], status: str,
@@ -313,6 +344,18 @@ class FakeTwilio:
         self._opted_out.add(phone)
         return web.json_response({"opted_out": sorted(self._opted_out)})
 
+    async def set_callbacks(self, request: web.Request) -> web.Response:
+        spec = await _json_object(request)
+        mode = spec.get("mode") if spec else None
+        if mode not in CALLBACK_MODES:
+            return _bad_control(f'body must be {{"mode": one of {", ".join(CALLBACK_MODES)}}}')
+        self.callbacks = mode
+        return web.json_response({"callbacks": mode})
+
+    async def recipients(self, _request: web.Request) -> web.Response:
+        """Messages per number: what a benchmark needs to check exactly-once, without every payload."""
+        return web.json_response(Counter(m.payload["to"] for m in self._messages.values()))
+
     async def sent_messages(self, request: web.Request) -> web.Response:
         to = request.query.get("to")
         return web.json_response({"messages": [m.payload for m in self._messages.values()
@@ -328,6 +371,7 @@ class FakeTwilio:
         self._opted_out.clear()
         self._create_faults.clear()
         self._delivery_faults.clear()
+        self.callbacks = "all"
         return web.json_response({"reset": True})
 
 
@@ -375,13 +419,13 @@ class LoopbackServer:
 
 
 def fake_twilio_server(account_sid: str = SANDBOX_ACCOUNT_SID, auth_token: str = SANDBOX_AUTH_TOKEN,
-                       port: int = 0) -> LoopbackServer:
+                       port: int = 0, callbacks: str = "all") -> LoopbackServer:
     """The fake in a background thread, on a free loopback port unless `port` is given."""
-    return LoopbackServer(FakeTwilio(account_sid, auth_token).app(), port)
+    return LoopbackServer(FakeTwilio(account_sid, auth_token, callbacks).app(), port)
 
 
-async def _serve_forever(host: str, port: int, account_sid: str, auth_token: str) -> None:
-    runner, url = await start_site(FakeTwilio(account_sid, auth_token).app(), host, port)
+async def _serve_forever(host: str, port: int, account_sid: str, auth_token: str, callbacks: str) -> None:
+    runner, url = await start_site(FakeTwilio(account_sid, auth_token, callbacks).app(), host, port)
     print(f"fake Twilio listening on {url}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -389,9 +433,9 @@ async def _serve_forever(host: str, port: int, account_sid: str, auth_token: str
         await runner.cleanup()
 
 
-def run_fake_twilio(host: str, port: int, account_sid: str, auth_token: str) -> None:
+def run_fake_twilio(host: str, port: int, account_sid: str, auth_token: str, callbacks: str = "all") -> None:
     """Serve the fake until interrupted; prints its URL once listening (port 0 = a free port)."""
-    asyncio.run(_serve_forever(host, port, account_sid, auth_token))
+    asyncio.run(_serve_forever(host, port, account_sid, auth_token, callbacks))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,10 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.sandbox_port, help="0 picks a free port")
     parser.add_argument("--account-sid", default=account_sid)
     parser.add_argument("--auth-token", default=auth_token)
+    parser.add_argument("--callbacks", choices=CALLBACK_MODES, default="all",
+                        help="delivery reports to post: all (as Twilio), final (the last status only), none")
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        run_fake_twilio("127.0.0.1", args.port, args.account_sid, args.auth_token)
+        run_fake_twilio("127.0.0.1", args.port, args.account_sid, args.auth_token, args.callbacks)
     except KeyboardInterrupt:
         pass
     return 0
