@@ -130,7 +130,10 @@ def acknowledgement(city: City, case: CaseRow) -> str:
     area = (replies.render("area_known", language, grid=grid) if grid
             else replies.render("area_unknown", language))
     key = "ack_triage" if case.queue == "triage" else "ack_routed"
-    return replies.render(key, language, number=case.number, area=area,
+    worker = city.workers.get(case.assigned_worker_id or "")
+    assignee = replies.render("ack_assignee", language, worker=worker.name,
+                              role=replies.role_name(worker.role, language)) if worker else ""
+    return replies.render(key, language, number=case.number, area=area, assignee=assignee,
                           category=category_label(city, case.category, language),
                           department=department_label(city, case.department, language))
 

@@ -145,8 +145,8 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
         if inbound.kind == "photo":
             session.add(CaseAttachmentRow(case_id=case.id, added_by=inbound.sender, kind="photo",
                                           data=inbound.payload, at=now))
-        ack = reply(cases.acknowledgement(world.city, case), case.id)
-        return [ack, *workflow.route(session, world, case, now)]
+        routed = workflow.route(session, world, case, now)  # first, so the acknowledgement names the worker
+        return [reply(cases.acknowledgement(world.city, case), case.id), *routed]
     if intent.kind == "status":
         return [reply(body) for body in status_replies(session, world, reporters, intent, language)]
     if intent.kind in ("opt_out", "opt_in"):

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 TEMPLATES: dict[str, dict[str, str]] = {
     "ack_routed": {
-        "zh": "您的诉求已受理，编号{number}。分类：{category}；{area}。处理部门：{department}。"
+        "zh": "您的诉求已受理，编号{number}。分类：{category}；{area}。处理部门：{department}。{assignee}"
               "回复编号或“查询”可查看进度。",
         "en": "Your appeal is registered as case {number}. Category: {category}; {area}. "
-              "Handled by: {department}. Reply with the case number or STATUS to follow it.",
+              "Handled by: {department}.{assignee} Reply with the case number or STATUS to follow it.",
     },
+    "ack_assignee": {"zh": "已分派给{worker}（{role}）。", "en": " Assigned to {worker} ({role})."},
     "ack_triage": {
         "zh": "您的诉求已受理，编号{number}。分类：{category}；{area}。网格中心将尽快核实并分派。"
               "回复编号或“查询”可查看进度。",

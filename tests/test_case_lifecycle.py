@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config import SANDBOX_TELEGRAM_TOKENS
-from gateway.store import CaseRow
+from gateway.store import CaseRow, ContactRow, OutboxRow
 from tests.conftest import http_json, wait_for
 from tests.test_sms_flow import CASE_NUMBER, CITY, SMS_PATH, db
 from tests.twilio_client import inbound_form, post
@@ -253,3 +253,16 @@ def test_a_replayed_update_acts_once(stack):
     acks = [m for m in bot_messages(stack, RESIDENT_TOKEN, chat) if "编号" in m["text"]]
     assert acks == [ack]
     assert re.search(CASE_NUMBER, ack["text"])
+
+
+def test_a_resident_who_blocked_the_bot_is_marked_not_retried(stack):
+    chat = 990000666
+    http_json("POST", f"{stack.settings.telegram_base}/_sandbox/blocked", {"chat_id": chat})
+    user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="帮助")
+    blocked = select(ContactRow.blocked).where(ContactRow.channel == "telegram-resident",
+                                               ContactRow.address == str(chat))
+    with db(stack).connect() as connection:
+        wait_for(lambda: connection.execute(blocked).scalar_one_or_none(), 20, 0.2, what="the chat marked blocked")
+        row = connection.execute(select(OutboxRow.state, OutboxRow.attempts)
+                                 .where(OutboxRow.recipient == str(chat))).one()
+    assert (row.state, row.attempts) == ("failed", 1)
