@@ -15,7 +15,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class InboundMessage:
-    channel: str  # "sms" or "telegram"
+    channel: str  # "sms" or "telegram"; the gateway renames Telegram's to the bot it came through
     provider_id: str  # unique per channel: Twilio MessageSid, Telegram update_id
     sender: str  # E.164 phone for SMS, chat id for Telegram
     text: str

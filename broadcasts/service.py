@@ -28,6 +28,7 @@ from gateway.city import Worker
 from gateway.config import Settings
 from gateway.logs import mask
 from gateway.store import ContactRow, ResidentRow
+from gateway.world import RESIDENT_BOT
 
 SAMPLE_SIZE = 5
 STREAM_PAGE = 2000
@@ -86,7 +87,7 @@ def not_opted_out() -> ColumnElement[bool]:
                               ContactRow.opted_out.is_(True))
 
     return and_(not_(stopped("sms", ResidentRow.phone)),
-                not_(stopped("telegram", cast(ResidentRow.telegram_chat_id, String))))
+                not_(stopped(RESIDENT_BOT, cast(ResidentRow.telegram_chat_id, String))))
 
 
 def recipients_where(session: Session, tree: audience.GridTree, expression: str, scope: str | None,

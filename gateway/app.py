@@ -118,9 +118,12 @@ async def twilio_status(request: web.Request) -> web.Response:
     outbox_id = request.query.get("outbox")
     if outbox_id is not None and not outbox_id.isdigit():
         raise InboundError(400, "outbox must be a row id")
-    found = await request.app[INTAKE].run(
-        lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
-                                            report.provider_id, report.status, report.error_code))
+    try:
+        found = await request.app[INTAKE].run(
+            lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
+                                                report.provider_id, report.status, report.error_code))
+    except Exception as error:
+        raise InboundError(503, "store unavailable, retry later") from error
     if not found:
         log.warning("delivery report for unknown message %s", report.provider_id)
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
@@ -150,7 +153,7 @@ async def api_cases(request: web.Request) -> web.Response:
     worker = await current_operator(request)
     city, sessions = request.app[CITY], request.app[SESSIONS]
     try:
-        limit = min(int(request.query.get("limit", "100")), 1000)
+        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError as bad:
         raise InboundError(400, "limit must be a number") from bad
 

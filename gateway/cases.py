@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from classifiers import Classification
@@ -13,7 +13,7 @@ from gateway import replies
 from gateway.city import City
 from gateway.config import Settings
 from gateway.logs import mask
-from gateway.store import CaseCounterRow, CaseEventRow, CaseRow, insert_for
+from gateway.store import CaseCounterRow, CaseEventRow, CaseRow, WorkerPromptRow, insert_for
 
 OPEN_STATES = ("received", "assigned", "accepted", "in_progress", "escalated")
 DEFAULT_SLA_HOURS = 72
@@ -33,13 +33,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+FINAL_STATES = ("closed", "merged", "rejected")
+
+
 class IllegalTransition(ValueError):
     """A state change the lifecycle does not allow, with a message a person can act on."""
 
-    def __init__(self, case: CaseRow, to_state: str):
+    def __init__(self, case: CaseRow, to_state: str, why: str | None = None):
         allowed = ", ".join(sorted(TRANSITIONS[case.state])) or "nothing (it is final)"
         super().__init__(f"case {case.number} is {case.state}: it cannot become {to_state}; "
-                         f"it can become {allowed}")
+                         + (why or f"it can become {allowed}"))
 
 
 def next_case_number(session: Session, now: datetime) -> str:
@@ -54,22 +57,35 @@ def next_case_number(session: Session, now: datetime) -> str:
 
 
 def transition(session: Session, case: CaseRow, to_state: str, actor: str, note: str, now: datetime) -> None:
-    """Move `case` to `to_state`, refusing illegal moves, and write the audit row."""
+    """Move `case` to `to_state`, refusing illegal moves, and write the audit row.
+
+    The move is a conditional UPDATE on the state and last update we read: if a worker, the
+    resident or the clock changed the case meanwhile, this one is refused instead of overwriting.
+    """
     if to_state not in TRANSITIONS[case.state]:
         raise IllegalTransition(case, to_state)
+    moved = session.execute(
+        update(CaseRow).where(CaseRow.id == case.id, CaseRow.state == case.state,
+                              CaseRow.updated_at == case.updated_at)
+        .values(state=to_state, updated_at=now)
+        .execution_options(synchronize_session=False)).rowcount
+    if not moved:
+        raise IllegalTransition(case, to_state, "it changed meanwhile; look again")
     session.add(CaseEventRow(case_id=case.id, at=now, actor=actor, from_state=case.state,
                              to_state=to_state, note=note))
     case.state = to_state
     case.updated_at = now
     if to_state == "resolved":
         case.resolved_at = now
-    if to_state in ("closed", "merged", "rejected"):
+    if to_state in FINAL_STATES:
         case.closed_at = now
+        case.awaiting = None  # nothing more to rate or answer
+        session.execute(delete(WorkerPromptRow).where(WorkerPromptRow.case_number == case.number))
 
 
 def open_case(session: Session, *, city: City, settings: Settings, channel: str, reporter: str,
               text: str, language: str, verdict: Classification, now: datetime) -> CaseRow:
-    """A new case, routed to its grid worker, or parked in the triage queue when unsure."""
+    """A new case in `received`, queued as routed or, when the classifier was unsure, for triage."""
     resident = city.resident_by_phone(reporter)
     category = city.categories.get(verdict.category or "")
     triage = verdict.needs_triage or verdict.department == settings.triage_department

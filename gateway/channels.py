@@ -42,7 +42,9 @@ class TelegramSender:
 
     def __init__(self, settings: Settings, bot: str, connection: redis.Redis):
         self._client = TelegramClient(settings.telegram_tokens[bot], settings.telegram_base)
-        self._bucket = TokenBucket(connection, f"telegram:{bot}", settings.telegram_rate_limit,
+        # Telegram limits each bot: the residents' bot shares its bucket with broadcasts.
+        self._bucket = TokenBucket(connection, "telegram" if bot == "resident" else f"telegram:{bot}",
+                                   settings.telegram_rate_limit,
                                    item_rate=settings.telegram_chat_rate_limit)
 
     def send(self, recipient: str, body: str, outbox_id: int, markup: dict | None) -> str:
@@ -55,6 +57,9 @@ class TelegramSender:
                 raise SendError("rate limit", retryable=True, code="rate_limited", retry_after=wait)
             time.sleep(wait)
         markup = markup or {}
+        if "answer_callback" in markup:  # stops the spinner on the button the user pressed
+            self._client.answer_callback(markup["answer_callback"], body or None)
+            return f"callback:{markup['answer_callback']}"
         return self._client.send(int(recipient), body, markup.get("inline"), request_contact=markup.get("contact"))
 
     def find_sent(self, recipient: str, body: str, since: datetime) -> str | None:

@@ -136,11 +136,10 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
 def command_tick(settings: Settings, args: argparse.Namespace) -> int:
     """Run the deadline clock once, as of now or of --now: the controllable clock tests use."""
     from gateway import jobs
-    from gateway.queues import INBOUND_QUEUE, connect, private_redis_url, queues
+    from gateway.queues import CLOCK_QUEUE, connect, private_redis_url, queues
 
     at = datetime.fromisoformat(args.now).astimezone(UTC).replace(tzinfo=None) if args.now else None
-    queue = queues(connect(settings.redis_url or private_redis_url(settings.home)))[INBOUND_QUEUE]
-    queue.enqueue(jobs.tick_job, at.isoformat() if at else None, **jobs.JOB_OPTIONS)
+    jobs.enqueue_tick(queues(connect(settings.redis_url or private_redis_url(settings.home)))[CLOCK_QUEUE], at)
     print(f"deadline check queued as of {at.isoformat() + 'Z' if at else 'now'}")
     return 0
 

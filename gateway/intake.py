@@ -62,7 +62,8 @@ class Intake:
             except Exception as error:  # the store is down: every caller hears it, nothing is half-done
                 log.exception("storing %d inbound messages failed", len(batch))
                 for _, future in batch:
-                    future.set_exception(error)
+                    if not future.done():  # a caller that hung up has a cancelled future
+                        future.set_exception(error)
 
     def _write(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[InboundMessage, asyncio.Future[bool]]]
                ) -> None:

@@ -61,8 +61,11 @@ def enqueue_delivery(queue: Queue, ids: list[int], delay: timedelta | None = Non
         queue.enqueue(deliver_job, ids, **JOB_OPTIONS)
 
 
-def enqueue_tick(queue: Queue) -> None:
-    queue.enqueue(tick_job, **JOB_OPTIONS)
+def enqueue_tick(queue: Queue, at: datetime | None = None) -> None:
+    """One deadline check at a time: none is added while another still waits in the queue."""
+    if at is None and queue.count:
+        return
+    queue.enqueue(tick_job, at.isoformat() if at else None, **JOB_OPTIONS)
 
 
 def tick_job(at: str | None = None) -> None:

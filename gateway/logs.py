@@ -20,10 +20,16 @@ class MaskingFilter(logging.Filter):
     """Masks anything that looks like a phone number in every record, whatever the caller passed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        record.msg = PHONE_RE.sub(lambda m: mask(m.group(0)), message)
+        record.msg = mask_all(record.getMessage())
         record.args = None
+        if record.exc_info:  # tracebacks quote values too (an SQL error's parameters, a bad number)
+            record.exc_text = mask_all(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
+
+
+def mask_all(text: str) -> str:
+    return PHONE_RE.sub(lambda m: mask(m.group(0)), text)
 
 
 def setup_logging(level: str = "INFO") -> None:

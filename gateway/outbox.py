@@ -3,7 +3,8 @@
 A row moves pending → sending → sent → delivered | undelivered | failed. Claiming a row is one
 conditional UPDATE, so two workers holding the same id can never both send it. A row found
 stuck in `sending` (its worker died mid-call) is reconciled with the provider before it is
-retried, so a crash does not make a resident receive the same text twice.
+retried, so a crash does not make a resident receive the same SMS twice. (Telegram cannot list
+sent messages: a chat message cut off mid-call is sent again.)
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def deliver(sessions: sessionmaker[Session], senders: dict[str, ChannelSender], 
                 provider_id = senders[row.channel].send(row.recipient, row.body, row.id, row.markup)
             except SendError as error:
                 outcome[_after_failure(session, row, error, retry_later)] += 1
+            except Exception as error:  # a bug or an unknown channel: fail this row, not the batch
+                log.exception("outbox %s to %s could not be sent", row.id, mask(row.recipient))
+                error = SendError(f"{type(error).__name__}: {error}", retryable=False)
+                outcome[_after_failure(session, row, error, retry_later)] += 1
             else:
-                _mark_sent(session, row, provider_id)
+                _mark_sent(session, row.id, provider_id)
                 outcome["sent"] += 1
             session.commit()
     return outcome
@@ -98,11 +103,14 @@ def _after_failure(session: Session, row: OutboxRow, error: SendError,
     return "failed"
 
 
-def _mark_sent(session: Session, row: OutboxRow, provider_id: str) -> None:
-    row.provider_id = provider_id
-    row.updated_at = utcnow()
-    if STATE_RANK[row.state] < STATE_RANK["sent"]:
-        row.state = "sent"
+def _mark_sent(session: Session, outbox_id: int, provider_id: str) -> None:
+    """Conditional, so a delivery report that arrived during the call is not overwritten."""
+    now = utcnow()
+    session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id)
+                    .values(provider_id=provider_id, updated_at=now))
+    session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id, OutboxRow.state.in_(("pending", "sending")))
+                    .values(state="sent"))
+    session.expire_all()
 
 
 def apply_status(session: Session, outbox_id: int | None, provider_id: str, status: str,
@@ -135,7 +143,7 @@ def reconcile_stuck(session: Session, senders: dict[str, ChannelSender], older_t
     for row in stuck:
         provider_id = senders[row.channel].find_sent(row.recipient, row.body, row.updated_at - CLOCK_SKEW)
         if provider_id:
-            _mark_sent(session, row, provider_id)
+            _mark_sent(session, row.id, provider_id)
         else:
             row.state, row.next_attempt_at = "pending", utcnow()
             retry.append(row.id)

@@ -46,13 +46,19 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
         pending = session.scalars(select(InboundRow).where(InboundRow.id.in_(ids),
                                                            InboundRow.processed_at.is_(None))
                                   .order_by(InboundRow.id)).all()
-        phones = {row.id: resident_phone(session, row) for row in pending}
+        understood: dict[int, Understanding] = {}
+        failed: dict[int, str] = {}
+        for row in pending:
+            try:
+                understood[row.id] = understand(world, row, resident_phone(session, row))
+            except Exception as error:  # one unreadable message must not block the batch behind it
+                log.exception("understanding inbound %s from %s failed", row.id, mask(row.sender))
+                failed[row.id] = f"{type(error).__name__}: {error}"
         session.commit()  # end the read snapshot before writing (SQLite refuses a stale writer)
-        understood = {row.id: understand(world, row, phones[row.id]) for row in pending}
         now = utcnow()
         claimed = set(session.scalars(
             update(InboundRow)
-            .where(InboundRow.id.in_(understood), InboundRow.processed_at.is_(None))
+            .where(InboundRow.id.in_([row.id for row in pending]), InboundRow.processed_at.is_(None))
             .values(processed_at=now)
             .returning(InboundRow.id),
             execution_options={"synchronize_session": False}))
@@ -60,12 +66,15 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
         for inbound in pending:
             if inbound.id not in claimed:
                 continue
+            if inbound.id in failed:
+                session.execute(update(InboundRow).where(InboundRow.id == inbound.id).values(error=failed[inbound.id]))
+                continue
             try:
                 with session.begin_nested():
                     outgoing = act(session, world, inbound, understood[inbound.id], now)
                     session.flush()
                     outbox_ids += [row.id for row in outgoing]
-            except Exception as error:  # one bad message must not block the batch behind it
+            except Exception as error:  # likewise for acting on it
                 log.exception("inbound %s from %s failed", inbound.id, mask(inbound.sender))
                 session.execute(update(InboundRow).where(InboundRow.id == inbound.id)
                                 .values(error=f"{type(error).__name__}: {error}"))
@@ -129,13 +138,16 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
     if inbound.kind not in ("text", "photo"):
         return [reply(replies.render("unsupported", language))]
 
-    awaiting = session.scalar(select(CaseRow).where(CaseRow.reporter.in_(reporters), CaseRow.awaiting.is_not(None))
-                              .order_by(CaseRow.updated_at.desc()).limit(1))
+    awaiting = session.scalar(select(CaseRow).where(
+        CaseRow.reporter.in_(reporters), CaseRow.state.in_((*cases.OPEN_STATES, "resolved")),
+        CaseRow.awaiting.is_not(None)).order_by(CaseRow.updated_at.desc()).limit(1))
     if awaiting is not None and awaiting.awaiting == "info" and intent.kind == "appeal":
         return workflow.answer_question(session, world, awaiting, inbound.text, now)
     rating = workflow.parse_rating(inbound.text)
-    if awaiting is not None and awaiting.awaiting == "rating" and rating is not None:
-        return workflow.rate(session, world, awaiting, rating, now)
+    if rating is not None:  # a bare "5" or 满意 is never an appeal, even with nothing left to rate
+        if awaiting is not None and awaiting.awaiting == "rating":
+            return workflow.rate(session, world, awaiting, rating, now)
+        return [reply(replies.render("help", language))]
 
     if understanding.verdict is not None:
         case = cases.open_case(session, city=world.city, settings=world.settings,
@@ -163,18 +175,20 @@ def act_for_worker(session: Session, world: World, inbound: InboundRow, now: dat
         return [queue_message(session, WORKER_BOT, inbound.sender, replies.worker_text("stranger"))]
     command = inbound.payload.get("command") if inbound.kind == "command" else None
     if inbound.kind == "callback":
-        return workflow.worker_button(session, world, worker, inbound.sender, inbound.payload.get("data", ""), now)
+        answered = queue_message(session, WORKER_BOT, inbound.sender, "", None,
+                                 {"answer_callback": inbound.payload.get("callback_query_id", "")})
+        return [answered, *workflow.worker_button(session, world, worker, inbound.sender,
+                                                  inbound.payload.get("data", ""), now)]
     if command == "start":
         return [workflow.message_worker(session, worker, replies.worker_text(
             "hello", name=worker.name, role=replies.role_name(worker.role, "zh")))]
     if command == "tasks":
         return workflow.open_tasks(session, world, worker)
-    if command == "log":
-        text = inbound.payload.get("args", "").strip()
-        if text:
-            return workflow.write_log(session, worker, text, now)
-        return [workflow.message_worker(session, worker, replies.worker_text("help"))]
+    if command == "log" and inbound.payload.get("args", "").strip():
+        return workflow.write_log(session, worker, inbound.payload["args"].strip(), now)
     photo = inbound.payload.get("photo") if inbound.kind == "photo" else None
+    if inbound.kind not in ("text", "photo") or not (inbound.text.strip() or photo):
+        return [workflow.message_worker(session, worker, replies.worker_text("help"))]
     return workflow.worker_reply(session, world, worker, inbound.sender, inbound.text.strip(), photo, now)
 
 

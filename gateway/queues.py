@@ -18,7 +18,8 @@ from rq import Queue
 
 INBOUND_QUEUE = "inbound"
 OUTBOUND_QUEUE = "outbound"
-QUEUE_NAMES = (INBOUND_QUEUE, OUTBOUND_QUEUE)
+CLOCK_QUEUE = "clock"  # deadline checks: apart, so they never make the other queues look busy
+QUEUE_NAMES = (INBOUND_QUEUE, OUTBOUND_QUEUE, CLOCK_QUEUE)
 
 
 def redis_server_binary() -> str:

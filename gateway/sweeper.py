@@ -18,7 +18,7 @@ from sqlalchemy import select
 from broadcasts.fanout import sweep as broadcast_sweep
 from gateway import jobs, outbox
 from gateway.logs import setup_logging
-from gateway.queues import INBOUND_QUEUE, OUTBOUND_QUEUE
+from gateway.queues import CLOCK_QUEUE, INBOUND_QUEUE, OUTBOUND_QUEUE
 from gateway.store import InboundRow, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
                 jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + CHUNK])
             found["outbox"] = len(ids)
     found.update(broadcast_sweep(ctx))
-    jobs.enqueue_tick(ctx.queues[INBOUND_QUEUE])  # deadlines: reminders and escalations
+    jobs.enqueue_tick(ctx.queues[CLOCK_QUEUE])  # deadlines: reminders and escalations
     return found
 
 

@@ -12,6 +12,7 @@ queued; nothing here does I/O.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
@@ -20,9 +21,15 @@ from sqlalchemy.orm import Session
 from gateway import cases, replies
 from gateway.cases import IllegalTransition, transition
 from gateway.city import City, Worker
+from gateway.intents import normalise
 from gateway.outbox import queue_message
 from gateway.store import CaseAttachmentRow, CaseRow, OpinionLogRow, OutboxRow, WorkerPromptRow
 from gateway.world import WORKER_BOT, World
+
+
+class NobodyAbove(IllegalTransition):
+    """An escalation with no level above the case's holder that has someone to take it."""
+
 
 RATING_WORDS = {"满意": 5, "基本满意": 4, "不满意": 1}
 DISSATISFIED = 2  # this rating or lower reopens a case (once)
@@ -59,7 +66,7 @@ def _case_fields(world: World, case: CaseRow) -> dict[str, str]:
     }
 
 
-def alert(session: Session, world: World, worker: Worker, case: CaseRow, now: datetime) -> list[OutboxRow]:
+def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[OutboxRow]:
     """A task alert with the action buttons, photos and location attached to the case listed."""
     attachments = session.scalars(select(CaseAttachmentRow).where(CaseAttachmentRow.case_id == case.id)).all()
     extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)}" for a in attachments)
@@ -93,9 +100,8 @@ def officer_at(world: World, case: CaseRow, level: int) -> Worker | None:
     if level == 0 or case.grid_code is None:
         return department_staff(city, case.department) or department_staff(
             city, world.settings.triage_department)
-    unit = next(g.code for g in city.lineage(case.grid_code) if g.level == level)
-    role = {2: "community_officer", 1: "street_officer", 3: "grid_worker"}[level]
-    return grid_team(city, unit, role)
+    unit = next((g.code for g in city.lineage(case.grid_code) if g.level == level), None)
+    return grid_team(city, unit, {2: "community_officer", 1: "street_officer"}[level])
 
 
 def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[OutboxRow]:
@@ -125,9 +131,11 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
     acknowledgement already said so) tell the resident."""
     transition(session, case, "assigned", actor, f"to {worker.id}", now)
     case.assigned_worker_id = worker.id
+    case.level = world.city.grids[worker.grid_code].level if worker.grid_code else 0
+    # The SLA deadline, but never less than a reminder's lead time for a late (re)assignment.
     case.escalate_at = max(case.deadline, now + timedelta(hours=world.settings.reminder_hours))
     case.reminded_at = None
-    out = alert(session, world, worker, case, now)
+    out = alert(session, world, worker, case)
     leader = grid_team(world.city, case.grid_code, "grid_leader")
     if leader is not None and worker.role == "grid_worker":
         out.append(message_worker(session, leader, replies.worker_text(
@@ -141,13 +149,13 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
 
 def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: str,
              now: datetime) -> list[OutboxRow]:
-    """Move the case one level up and alert the officers there."""
-    if case.level == 0:
-        raise IllegalTransition(case, "escalated")
-    level = 0 if case.grid_code is None else case.level - 1
-    officer = officer_at(world, case, level)
+    """Move the case up to the next level that has someone to take it, and alert them."""
+    level, officer = case.level, None
+    while officer is None and level > 0:
+        level = 0 if case.grid_code is None else level - 1
+        officer = officer_at(world, case, level)
     if officer is None:
-        raise IllegalTransition(case, "escalated")
+        raise NobodyAbove(case, "escalated", "there is nobody above its current holder")
     source = world.city.workers.get(case.assigned_worker_id or "")
     transition(session, case, "escalated", actor, reason, now)
     case.level, case.assigned_worker_id = level, officer.id
@@ -162,13 +170,13 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
 
 
 def _unit_name(city: City, case: CaseRow, level: int) -> str:
-    return next(g.name for g in city.lineage(case.grid_code or "") if g.level == level)
+    return next((g.name for g in city.lineage(case.grid_code or "") if g.level == level), "")
 
 
 # --- the grid workers' bot ------------------------------------------------------------------
 
 
-def may_act(world: World, worker: Worker, case: CaseRow) -> bool:
+def may_act(worker: Worker, case: CaseRow) -> bool:
     """The case's holder, or the grid leader of its grid, may act on it."""
     return case.assigned_worker_id == worker.id or (
         worker.role == "grid_leader" and worker.grid_code == case.grid_code)
@@ -181,7 +189,7 @@ def worker_button(session: Session, world: World, worker: Worker, chat: str, dat
     if action == "logcase":
         return log_to_case(session, world, worker, key, now)
     case = session.scalar(select(CaseRow).where(CaseRow.number == key))
-    if case is None or not may_act(world, worker, case):
+    if case is None or not may_act(worker, case):
         return [message_worker(session, worker, replies.worker_text("not_yours", number=key))]
     try:
         if action == "accept":
@@ -190,23 +198,36 @@ def worker_button(session: Session, world: World, worker: Worker, chat: str, dat
         prompts = {"resolve": "ask_note", "escalate": "ask_reason", "info": "ask_question"}
         if action not in prompts:
             return [message_worker(session, worker, replies.worker_text("help"))]
-        if action == "resolve" and case.state == "assigned":
-            transition(session, case, "accepted", worker.id, "accepted on resolving", now)
-        elif "resolved" not in cases.TRANSITIONS[case.state] and action == "resolve":
-            raise IllegalTransition(case, "resolved")
+        check_action(case, action)
     except IllegalTransition as refused:
         return [message_worker(session, worker, replies.worker_text("refused", reason=refused))]
     session.merge(WorkerPromptRow(chat_id=chat, action=action, case_number=case.number, at=now))
     return [message_worker(session, worker, replies.worker_text(prompts[action], number=case.number))]
 
 
+ACTION_TARGETS = {"resolve": "resolved", "escalate": "escalated", "info": "in_progress"}
+PROMPT_LIFETIME = timedelta(hours=24)
+
+
+def check_action(case: CaseRow, action: str) -> None:
+    """Refuse a button the case's state cannot take (a resolve may first accept an assigned case)."""
+    if action == "info" and case.state not in cases.OPEN_STATES:
+        raise IllegalTransition(case, "in_progress", "there is nothing left to ask the resident about")
+    state = "accepted" if action == "resolve" and case.state == "assigned" else case.state
+    if action != "info" and ACTION_TARGETS[action] not in cases.TRANSITIONS[state]:
+        raise IllegalTransition(case, ACTION_TARGETS[action])
+
+
 def worker_reply(session: Session, world: World, worker: Worker, chat: str, text: str,
                  photo: str | None, now: datetime) -> list[OutboxRow]:
     """Text (or a photo) answering the bot's last question: a note, a reason or a question."""
     prompt = session.get(WorkerPromptRow, chat)
-    if prompt is None:
+    if prompt is None or prompt.at < now - PROMPT_LIFETIME:
         return [message_worker(session, worker, replies.worker_text("help"))]
     case = session.scalar(select(CaseRow).where(CaseRow.number == prompt.case_number))
+    if case is None or not may_act(worker, case):  # the case moved on while they typed
+        session.execute(delete(WorkerPromptRow).where(WorkerPromptRow.chat_id == chat))
+        return [message_worker(session, worker, replies.worker_text("not_yours", number=prompt.case_number))]
     if photo:
         session.add(CaseAttachmentRow(case_id=case.id, added_by=worker.id, kind="photo",
                                       data={"photo": photo}, at=now))
@@ -214,16 +235,19 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
             return [message_worker(session, worker, replies.worker_text("photo_saved", number=case.number))]
     session.execute(delete(WorkerPromptRow).where(WorkerPromptRow.chat_id == chat))
     try:
+        check_action(case, prompt.action)
         if prompt.action == "resolve":
+            if case.state == "assigned":
+                transition(session, case, "accepted", worker.id, "accepted on resolving", now)
             transition(session, case, "resolved", worker.id, text, now)
             case.resolution, case.awaiting = text, "rating"
             return [message_worker(session, worker, replies.worker_text("resolved", number=case.number)),
                     tell_resident(session, case, "resolved", note=text)]
         if prompt.action == "escalate":
             out = escalate(session, world, case, worker.id, text, now)
-            unit = world.city.workers[case.assigned_worker_id].name
+            new_holder = world.city.workers[case.assigned_worker_id].name
             return out + [message_worker(session, worker, replies.worker_text(
-                "escalated", number=case.number, unit=unit))]
+                "escalated", number=case.number, unit=new_holder))]
         if case.state == "accepted":
             transition(session, case, "in_progress", worker.id, f"asked the resident: {text}", now)
         case.awaiting = "info"
@@ -260,7 +284,7 @@ def log_to_case(session: Session, world: World, worker: Worker, entry_id: str, n
         return [message_worker(session, worker, replies.worker_text("refused", reason="该日志不存在或已立案"))]
     verdict = world.classifier.classify(entry.text, None)
     if verdict.grid is None and entry.grid_code:
-        verdict = type(verdict)(**{**vars(verdict), "grid": entry.grid_code})
+        verdict = replace(verdict, grid=entry.grid_code)
     case = cases.open_case(session, city=world.city, settings=world.settings, channel=WORKER_BOT,
                            reporter=str(worker.telegram_chat_id), text=entry.text, language="zh",
                            verdict=verdict, now=now)
@@ -273,7 +297,7 @@ def log_to_case(session: Session, world: World, worker: Worker, entry_id: str, n
 
 
 def parse_rating(text: str) -> int | None:
-    clean = text.strip()
+    clean = normalise(text).rstrip("!！。.")
     if clean in RATING_WORDS:
         return RATING_WORDS[clean]
     return int(clean) if clean in ("1", "2", "3", "4", "5") else None
@@ -286,7 +310,7 @@ def rate(session: Session, world: World, case: CaseRow, rating: int, now: dateti
         case.reopened = 1
         transition(session, case, "in_progress", "resident", f"rated {rating}: reopened", now)
         case.escalate_at = now + timedelta(hours=world.settings.escalation_step_hours)
-        case.resolved_at = None
+        case.resolved_at, case.reminded_at = None, None
         out = [tell_resident(session, case, "reopened")]
         holder = world.city.workers.get(case.assigned_worker_id or "")
         leader = grid_team(world.city, case.grid_code, "grid_leader")
@@ -333,14 +357,20 @@ def tick(session: Session, world: World, now: datetime) -> list[OutboxRow]:
         CaseRow.state.in_(holding), CaseRow.escalate_at <= now, CaseRow.level > 0)).all()
     for case in overdue:
         try:
-            out += escalate(session, world, case, "clock", "逾期未办结 overdue", now)
-        except IllegalTransition:
-            case.escalate_at = None  # nobody above to take it: stop trying every tick
+            with session.begin_nested():
+                out += escalate(session, world, case, "clock", "逾期未办结 overdue", now)
+        except NobodyAbove:  # stop trying every tick
+            case.escalate_at = None
+        except IllegalTransition:  # someone acted on it meanwhile: theirs stands
+            continue
     unrated = session.scalars(select(CaseRow).where(
         CaseRow.state == "resolved",
         CaseRow.resolved_at <= now - timedelta(hours=world.settings.rating_timeout_hours))).all()
     for case in unrated:
-        case.awaiting = None
-        transition(session, case, "closed", "clock", "no rating in time", now)
+        try:
+            with session.begin_nested():
+                transition(session, case, "closed", "clock", "no rating in time", now)
+        except IllegalTransition:  # the resident rated it meanwhile
+            continue
     return out
 
