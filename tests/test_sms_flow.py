@@ -219,3 +219,11 @@ def test_phone_numbers_never_reach_the_log_in_full(stack):
     log = stack.log_path.read_text()
     assert "+8617199000012" not in log
     assert not re.search(r"\+86\d{11}", log)
+
+
+def test_a_rating_with_nothing_to_rate_opens_no_case(stack):
+    phone = "+8617199000013"
+    post(stack.settings, SMS_PATH, inbound_form(phone, "５", stack.settings))
+    [reply] = stack.wait_sent(phone)
+    assert "查询" in reply["body"]
+    assert count(stack, select(func.count()).select_from(CaseRow).where(CaseRow.reporter == phone)) == 0
