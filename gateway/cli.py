@@ -171,11 +171,11 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
                 queued = workflow.assign(session, world, case, worker, actor, now)
             elif args.action == "reject":
                 transition(session, case, "rejected", actor, args.reason, now)
-                queued = [workflow.tell_resident(session, case, "rejected", reason=args.reason)]
+                queued = workflow.tell_resident(session, case, "rejected", reason=args.reason)
             else:
                 transition(session, case, "merged", actor, f"into {args.into}", now)
                 case.merged_into = args.into
-                queued = [workflow.tell_resident(session, case, "merged", into=args.into)]
+                queued = workflow.tell_resident(session, case, "merged", into=args.into)
         except IllegalTransition as refused:
             print(refused, file=sys.stderr)
             return 1

@@ -20,9 +20,16 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# Volunteers (兼职网格员) help on the ground but do not read residents' case files.
+OPERATOR_ROLES = ("grid_leader", "grid_worker", "community_officer", "street_officer", "dept_staff")
+
+
 def issue_token(session: Session, city: City, worker_id: str) -> str:
     if worker_id not in city.workers:
         raise KeyError(f"no worker {worker_id!r} in the roster")
+    if city.workers[worker_id].role not in OPERATOR_ROLES:
+        raise KeyError(f"{worker_id} is a {city.workers[worker_id].role}: operators are "
+                       + ", ".join(OPERATOR_ROLES))
     token = secrets.token_urlsafe(32)
     session.add(OperatorTokenRow(token_hash=_hash(token), worker_id=worker_id, created_at=utcnow()))
     return token

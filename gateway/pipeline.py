@@ -135,6 +135,8 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
         return [reply(link_chat(session, world.city, inbound, language, now))]
     if inbound.kind in ("photo", "location") and understanding.verdict is None:
         return attach(session, inbound, reporters, language, now)
+    if inbound.media and not inbound.text.strip():  # an MMS with only a picture
+        return attach(session, inbound, reporters, language, now)
     if inbound.kind not in ("text", "photo"):
         return [reply(replies.render("unsupported", language))]
 
@@ -154,9 +156,9 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
                                channel=inbound.channel, reporter=inbound.sender, text=inbound.text,
                                language=language, verdict=understanding.verdict, now=now)
         session.execute(update(InboundRow).where(InboundRow.id == inbound.id).values(case_id=case.id))
-        if inbound.kind == "photo":
+        for picture in photos(inbound):
             session.add(CaseAttachmentRow(case_id=case.id, added_by=inbound.sender, kind="photo",
-                                          data=inbound.payload, at=now))
+                                          data=picture, at=now))
         routed = workflow.route(session, world, case, now)  # first, so the acknowledgement names the worker
         return [reply(cases.acknowledgement(world.city, case), case.id), *routed]
     if intent.kind == "status":
@@ -205,14 +207,23 @@ def link_chat(session: Session, city: City, inbound: InboundRow, language: str, 
     return replies.render("linked", resident.language, name=resident.name)
 
 
+def photos(inbound: InboundRow) -> list[dict]:
+    """A Telegram photo's file id, or an MMS's media URLs."""
+    if inbound.kind == "photo":
+        return [dict(inbound.payload)]
+    return [{"photo": url} for url in inbound.media]
+
+
 def attach(session: Session, inbound: InboundRow, reporters: tuple[str, ...], language: str,
            now: datetime) -> list[OutboxRow]:
-    """A photo or location joins the sender's most recent open case."""
+    """Photos or a location join the sender's most recent open case."""
     latest = cases.open_cases_of(session, reporters, limit=1)
     if not latest:
         return [queue_message(session, inbound.channel, inbound.sender, replies.render("attach_nothing", language))]
-    session.add(CaseAttachmentRow(case_id=latest[0].id, added_by=inbound.sender, kind=inbound.kind,
-                                  data=dict(inbound.payload), at=now))
+    pictures = [dict(inbound.payload)] if inbound.kind == "location" else photos(inbound)
+    for data in pictures:
+        session.add(CaseAttachmentRow(case_id=latest[0].id, added_by=inbound.sender,
+                                      kind="location" if inbound.kind == "location" else "photo", data=data, at=now))
     return [queue_message(session, inbound.channel, inbound.sender,
                           replies.render("attached", language, number=latest[0].number), latest[0].id)]
 

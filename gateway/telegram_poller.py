@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import threading
+import urllib.error
 import urllib.request
 
 from adapters import SendError
@@ -37,8 +38,13 @@ def poll(settings: Settings, bot: str, stopping: threading.Event) -> None:
         while not stopping.is_set():
             try:
                 for update in client.get_updates(offset, timeout=5):
-                    forward(settings, bot, update)
-                    offset = update["update_id"] + 1  # only after the gateway stored it
+                    try:
+                        forward(settings, bot, update)
+                    except urllib.error.HTTPError as refused:
+                        if refused.code >= 500:
+                            raise  # not stored: fetch it again
+                        log.warning("the gateway refused %s update %s: %s", bot, update.get("update_id"), refused)
+                    offset = update["update_id"] + 1  # only once the gateway stored or refused it
             except (SendError, OSError) as error:
                 log.warning("polling the %s bot failed: %s", bot, error)
                 stopping.wait(2)

@@ -52,9 +52,12 @@ def message_worker(session: Session, worker: Worker, text: str, case_id: int | N
     return queue_message(session, "sms", worker.phone, text, case_id)
 
 
-def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -> OutboxRow:
+def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -> list[OutboxRow]:
+    """The reporter, on the channel they used; nobody for a case a worker opened from the log."""
+    if case.channel == WORKER_BOT:
+        return []
     body = replies.render(key, case.language, number=case.number, **fields)
-    return queue_message(session, case.channel, case.reporter, body, case.id)
+    return [queue_message(session, case.channel, case.reporter, body, case.id)]
 
 
 def _case_fields(world: World, case: CaseRow) -> dict[str, str]:
@@ -141,9 +144,9 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
         out.append(message_worker(session, leader, replies.worker_text(
             "inform_leader", **_case_fields(world, case), worker=worker.name), case.id))
     if tell:
-        out.append(tell_resident(session, case, "assigned", worker=worker.name,
-                                 role=replies.role_name(worker.role, case.language),
-                                 deadline=cases.local_time(case.deadline, world.settings.timezone)))
+        out += tell_resident(session, case, "assigned", worker=worker.name,
+                             role=replies.role_name(worker.role, case.language),
+                             deadline=cases.local_time(case.deadline, world.settings.timezone))
     return out
 
 
@@ -166,7 +169,7 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
     unit = (world.city.departments[case.department].name if level == 0 and case.department in
             world.city.departments else _unit_name(world.city, case, level))
     return [message_worker(session, officer, text, case.id, task_buttons(case.number)),
-            tell_resident(session, case, "escalated", unit=unit)]
+            *tell_resident(session, case, "escalated", unit=unit)]
 
 
 def _unit_name(city: City, case: CaseRow, level: int) -> str:
@@ -242,7 +245,7 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
             transition(session, case, "resolved", worker.id, text, now)
             case.resolution, case.awaiting = text, "rating"
             return [message_worker(session, worker, replies.worker_text("resolved", number=case.number)),
-                    tell_resident(session, case, "resolved", note=text)]
+                    *tell_resident(session, case, "resolved", note=text)]
         if prompt.action == "escalate":
             out = escalate(session, world, case, worker.id, text, now)
             new_holder = world.city.workers[case.assigned_worker_id].name
@@ -251,7 +254,7 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
         if case.state == "accepted":
             transition(session, case, "in_progress", worker.id, f"asked the resident: {text}", now)
         case.awaiting = "info"
-        return [tell_resident(session, case, "question", question=text),
+        return [*tell_resident(session, case, "question", question=text),
                 message_worker(session, worker, replies.worker_text("question_sent", number=case.number))]
     except IllegalTransition as refused:
         return [message_worker(session, worker, replies.worker_text("refused", reason=refused))]
@@ -311,7 +314,7 @@ def rate(session: Session, world: World, case: CaseRow, rating: int, now: dateti
         transition(session, case, "in_progress", "resident", f"rated {rating}: reopened", now)
         case.escalate_at = now + timedelta(hours=world.settings.escalation_step_hours)
         case.resolved_at, case.reminded_at = None, None
-        out = [tell_resident(session, case, "reopened")]
+        out = tell_resident(session, case, "reopened")
         holder = world.city.workers.get(case.assigned_worker_id or "")
         leader = grid_team(world.city, case.grid_code, "grid_leader")
         for worker in {w.id: w for w in (holder, leader) if w is not None}.values():
@@ -320,7 +323,7 @@ def rate(session: Session, world: World, case: CaseRow, rating: int, now: dateti
                 case.id, task_buttons(case.number)))
         return out
     transition(session, case, "closed", "resident", f"rated {rating}", now)
-    return [tell_resident(session, case, "rated")]
+    return tell_resident(session, case, "rated")
 
 
 def answer_question(session: Session, world: World, case: CaseRow, text: str, now: datetime) -> list[OutboxRow]:
@@ -328,7 +331,7 @@ def answer_question(session: Session, world: World, case: CaseRow, text: str, no
     session.add(cases.CaseEventRow(case_id=case.id, at=now, actor="resident", from_state=case.state,
                                    to_state=case.state, note=f"answered: {text}"))
     holder = world.city.workers.get(case.assigned_worker_id or "")
-    out = [tell_resident(session, case, "info_received")]
+    out = tell_resident(session, case, "info_received")
     if holder is not None:
         out.append(message_worker(session, holder, replies.worker_text("answer", number=case.number, text=text),
                                   case.id))

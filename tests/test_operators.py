@@ -66,3 +66,8 @@ def test_cases_command_lists_and_filters(stack, cuihu_case):
     listed = stack.gridline("cases", "--grid", "QH-DH-01-01", "--category", "sanitation")
     assert listed.returncode == 0 and cuihu_case in listed.stdout
     assert cuihu_case not in stack.gridline("cases", "--grid", "QH-XS").stdout
+
+
+def test_volunteers_get_no_operator_token(stack):
+    refused = stack.gridline("operator", "token", worker("volunteer", grid="QH-DH-01-01"))
+    assert refused.returncode == 1 and "volunteer" in refused.stderr

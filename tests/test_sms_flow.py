@@ -32,10 +32,10 @@ def count(stack, statement) -> int:
         return connection.execute(statement).scalar_one()
 
 
-def appeal(stack, phone: str, body: str) -> str:
+def appeal(stack, phone: str, body: str, **extra: str) -> str:
     """Text an appeal, wait for the acknowledgement, return the case number it carries."""
     before = len(stack.sent_to(phone))
-    assert post(stack.settings, SMS_PATH, inbound_form(phone, body, stack.settings)).status == 200
+    assert post(stack.settings, SMS_PATH, inbound_form(phone, body, stack.settings, **extra)).status == 200
     ack = stack.wait_sent(phone, before + 1)[-1]["body"]
     return CASE_NUMBER.search(ack).group(1)
 
@@ -227,3 +227,16 @@ def test_a_rating_with_nothing_to_rate_opens_no_case(stack):
     [reply] = stack.wait_sent(phone)
     assert "查询" in reply["body"]
     assert count(stack, select(func.count()).select_from(CaseRow).where(CaseRow.reporter == phone)) == 0
+
+
+def test_mms_pictures_are_attached_to_the_case(stack):
+    phone = "+8617199000014"
+    media = {"NumMedia": "1", "MediaUrl0": "https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM1/Media/ME1",
+             "MediaContentType0": "image/jpeg"}
+    number = appeal(stack, phone, "翠湖花园3号楼门口垃圾堆成山了，见图", **media)
+    with db(stack).connect() as connection:
+        attached = connection.execute(text(
+            "select a.kind, a.data from case_attachments a join cases c on c.id = a.case_id where c.number = :n"),
+            {"n": number}).all()
+    assert [(kind, json.loads(data)["photo"]) for kind, data in attached] == [("photo", media["MediaUrl0"])]
+
