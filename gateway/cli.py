@@ -145,7 +145,7 @@ def command_tick(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
-    """Operator actions on one case: assign it, reject it with a reason, merge it into another."""
+    """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
     from gateway import jobs, workflow
     from gateway.cases import IllegalTransition, transition
@@ -162,13 +162,20 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
             print(f"no case {args.number}", file=sys.stderr)
             return 1
         now, actor = utcnow(), f"operator:{args.by}"
+        unknown = [f"no {what} {code!r}" for what, code, known in (
+            ("worker", args.to, city.workers), ("category", args.category, city.categories),
+            ("grid", args.grid, {c: g for c, g in city.grids.items() if g.level == 3})) if code and code not in known]
+        if args.action == "reject" and not args.reason.strip():
+            unknown.append("a rejection needs --reason: the resident is told why")
+        if args.action == "merge" and not args.into:
+            unknown.append("a merge needs --into: the case it duplicates")
+        if unknown:
+            print("; ".join(unknown), file=sys.stderr)
+            return 1
         try:
             if args.action == "assign":
-                worker = city.workers.get(args.to or "")
-                if worker is None:
-                    print(f"no worker {args.to!r}", file=sys.stderr)
-                    return 1
-                queued = workflow.assign(session, world, case, worker, actor, now)
+                queued = workflow.settle(session, world, case, actor, now, category=args.category, grid=args.grid,
+                                         worker=city.workers.get(args.to or ""))
             elif args.action == "reject":
                 transition(session, case, "rejected", actor, args.reason, now)
                 queued = workflow.tell_resident(session, case, "rejected", reason=args.reason)
@@ -270,7 +277,9 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("case", help="operator actions on a case")
     p.add_argument("number")
     p.add_argument("action", choices=["assign", "reject", "merge"])
-    p.add_argument("--to", help="assign: the worker id")
+    p.add_argument("--to", help="assign: the worker id (default: the grid's worker, else the department's)")
+    p.add_argument("--category", help="assign: settle the category (and so department and deadline)")
+    p.add_argument("--grid", help="assign: settle the level-3 grid")
     p.add_argument("--reason", default="", help="reject: why it is not the city's responsibility")
     p.add_argument("--into", help="merge: the case number it duplicates")
     p.add_argument("--by", default="cli", help="who is acting, for the audit trail")

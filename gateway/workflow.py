@@ -150,6 +150,23 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
     return out
 
 
+def settle(session: Session, world: World, case: CaseRow, actor: str, now: datetime, *,
+           category: str | None = None, grid: str | None = None, worker: Worker | None = None) -> list[OutboxRow]:
+    """The triage desk settles what the classifier could not (category, grid), then assigns:
+    the named worker, else the grid's worker, else the department's staff."""
+    city = world.city
+    if category:
+        case.category, case.department = category, city.categories[category].department_code
+        case.deadline = case.created_at + timedelta(hours=city.categories[category].sla_hours)
+    if grid:
+        case.grid_code = grid
+    holder = worker or grid_team(city, case.grid_code, "grid_worker") or department_staff(city, case.department)
+    if holder is None:
+        raise IllegalTransition(case, "assigned", "there is nobody to assign it to")
+    case.queue = "routed"
+    return assign(session, world, case, holder, actor, now)
+
+
 def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: str,
              now: datetime) -> list[OutboxRow]:
     """Move the case up to the next level that has someone to take it, and alert them."""

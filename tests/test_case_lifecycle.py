@@ -266,3 +266,17 @@ def test_a_resident_who_blocked_the_bot_is_marked_not_retried(stack):
         row = connection.execute(select(OutboxRow.state, OutboxRow.attempts)
                                  .where(OutboxRow.recipient == str(chat))).one()
     assert (row.state, row.attempts) == ("failed", 1)
+
+
+def test_the_triage_desk_settles_and_assigns_a_case(stack):
+    phone = "+8617199000406"
+    number = sms_appeal(stack, phone, "有件事想反映，不知道找谁")
+    assert case_of(stack, number)["queue"] == "triage"
+    assert stack.gridline("case", number, "reject").returncode == 1  # no reason given
+    settled = stack.gridline("case", number, "assign", "--grid", PLACE.grid_code, "--category", "sanitation")
+    assert settled.returncode == 0, settled.stderr
+    case = wait_state(stack, number, "assigned")
+    assert (case["queue"], case["grid"], case["department"], case["assigned_worker"]) == (
+        "routed", PLACE.grid_code, "SANITATION", WORKER.id)
+    wait_bot(stack, WORKER_TOKEN, WORKER.telegram_chat_id, number)
+    assert WORKER.name in stack.wait_sent(phone, 2)[-1]["body"]
