@@ -18,13 +18,15 @@ from gateway.store import CaseCounterRow, CaseEventRow, CaseRow, WorkerPromptRow
 OPEN_STATES = ("received", "assigned", "accepted", "in_progress", "escalated")
 DEFAULT_SLA_HOURS = 72
 
-# Which state may follow which. `assigned → assigned` is a reassignment; `resolved → in_progress`
-# is the one reopening a dissatisfied resident gets; closed, merged and rejected are final.
+# Which state may follow which. `→ assigned` from a held state is a reassignment; a duplicate or
+# an appeal that is not the city's may be merged or rejected until it is resolved;
+# `resolved → in_progress` is the one reopening a dissatisfied resident gets; closed, merged and
+# rejected are final.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "received": frozenset({"assigned", "escalated", "rejected", "merged"}),
     "assigned": frozenset({"assigned", "accepted", "escalated", "rejected", "merged"}),
-    "accepted": frozenset({"in_progress", "resolved", "escalated"}),
-    "in_progress": frozenset({"resolved", "escalated"}),
+    "accepted": frozenset({"in_progress", "resolved", "escalated", "assigned", "rejected", "merged"}),
+    "in_progress": frozenset({"resolved", "escalated", "assigned", "rejected", "merged"}),
     "escalated": frozenset({"assigned", "accepted", "escalated", "resolved", "rejected", "merged"}),
     "resolved": frozenset({"closed", "in_progress"}),
     "closed": frozenset(),
