@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
+from datetime import datetime
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
-from gateway import cases, jobs, operators, outbox
+from gateway import cases, jobs, operators, outbox, report
 from gateway.city import City, Worker
 from gateway.config import Settings
 from gateway.intake import Intake
@@ -184,6 +185,28 @@ async def api_case(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+async def api_report(request: web.Request) -> web.Response:
+    """`gridline report` for leaders: the same figures, only over cases in their jurisdiction."""
+    worker = await current_operator(request)
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
+    level = request.query.get("level", "street")
+    if level not in report.LEVELS:
+        raise InboundError(400, f"level must be one of {', '.join(report.LEVELS)}")
+    try:
+        since = report.since_utc(datetime.fromisoformat(request.query["since"]), settings.timezone) \
+            if "since" in request.query else None
+    except ValueError as bad:
+        raise InboundError(400, "since must be an ISO date or time") from bad
+
+    def query() -> str:
+        with sessions() as session:
+            rows = report.unit_figures(session, city, level=level, since=since,
+                                       visible=operators.jurisdiction(city, worker))
+            return report.as_json(rows)
+
+    return web.Response(text=await asyncio.to_thread(query), content_type="application/json")
+
+
 async def health(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -203,6 +226,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/webhooks/telegram/{bot}", telegram_update)
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)
+    app.router.add_get("/api/report", api_report)
     app.router.add_get("/healthz", health)
     broadcast_api.add_routes(app)
 

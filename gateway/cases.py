@@ -185,7 +185,7 @@ def find_cases(session: Session, city: City, *, state: str | None = None, grid: 
     if category:
         query = query.where(CaseRow.category == category)
     if grid:
-        query = query.where(CaseRow.grid_code.in_([c for c in city.grids if city.within(c, grid)]))
+        query = query.where(CaseRow.grid_code.in_(city.subtree(grid)))
     return list(session.scalars(query))
 
 

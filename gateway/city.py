@@ -137,6 +137,14 @@ class City:
     def within(self, grid_code: str, ancestor_code: str) -> bool:
         return any(g.code == ancestor_code for g in self.lineage(grid_code))
 
+    def subtree(self, ancestor_code: str) -> list[str]:
+        """Every grid code under `ancestor_code`, itself included: a jurisdiction, a filter."""
+        return [code for code in self.grids if self.within(code, ancestor_code)]
+
+    def ancestor_at(self, grid_code: str | None, level: int) -> Grid | None:
+        """The unit at `level` that `grid_code` lies in (its community, street, ...), if any."""
+        return next((g for g in self.lineage(grid_code) if g.level == level), None) if grid_code else None
+
 
 class CityImportError(Exception):
     """All problems found in a city folder, each as 'file:row:column: message'."""

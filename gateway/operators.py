@@ -47,5 +47,4 @@ def jurisdiction(city: City, worker: Worker) -> ColumnElement[bool]:
         return CaseRow.department == worker.department_code
     if worker.grid_code is None:
         return false()
-    grids = [code for code in city.grids if city.within(code, worker.grid_code)]
-    return CaseRow.grid_code.in_(grids)
+    return CaseRow.grid_code.in_(city.subtree(worker.grid_code))

@@ -129,7 +129,8 @@ def _unit_of(city: City, level: str, code: str | None) -> str | None:
         return code
     if code not in city.grids:
         return None
-    return next((g.code for g in city.lineage(code) if g.level == GRID_LEVELS[level]), None)
+    unit = city.ancestor_at(code, GRID_LEVELS[level])
+    return unit.code if unit else None
 
 
 def _unit_name(city: City, level: str, unit: str | None) -> str:
@@ -180,7 +181,7 @@ def scope(city: City, *, within: str | None = None, department: str | None = Non
     if within is not None:
         if within not in city.grids:
             raise KeyError(f"no grid {within!r} in the city")
-        conditions.append(CaseRow.grid_code.in_([code for code in city.grids if city.within(code, within)]))
+        conditions.append(CaseRow.grid_code.in_(city.subtree(within)))
     if department is not None:
         if department not in city.departments:
             raise KeyError(f"no department {department!r} in the city")

@@ -103,8 +103,8 @@ def officer_at(world: World, case: CaseRow, level: int) -> Worker | None:
     if level == 0 or case.grid_code is None:
         return department_staff(city, case.department) or department_staff(
             city, world.settings.triage_department)
-    unit = next((g.code for g in city.lineage(case.grid_code) if g.level == level), None)
-    return grid_team(city, unit, {2: "community_officer", 1: "street_officer"}[level])
+    unit = city.ancestor_at(case.grid_code, level)
+    return grid_team(city, unit.code if unit else None, {2: "community_officer", 1: "street_officer"}[level])
 
 
 def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[OutboxRow]:
@@ -190,7 +190,8 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
 
 
 def _unit_name(city: City, case: CaseRow, level: int) -> str:
-    return next((g.name for g in city.lineage(case.grid_code or "") if g.level == level), "")
+    unit = city.ancestor_at(case.grid_code, level)
+    return unit.name if unit else ""
 
 
 # --- the grid workers' bot ------------------------------------------------------------------

@@ -71,3 +71,17 @@ def test_cases_command_lists_and_filters(stack, cuihu_case):
 def test_volunteers_get_no_operator_token(stack):
     refused = stack.gridline("operator", "token", worker("volunteer", grid="QH-DH-01-01"))
     assert refused.returncode == 1 and "volunteer" in refused.stderr
+
+
+def test_leaders_see_figures_only_for_their_jurisdiction(stack, cuihu_case):
+    own = token_for(stack, worker("street_officer", grid="QH-DH"))
+    status, units = http_json("GET", f"{stack.url}/api/report?level=grid", headers=own)
+    assert status == 200
+    rows = {u["unit"]: u for u in units if not u["total"]}
+    assert rows["QH-DH-01-01"]["received"] >= 1
+    assert all(code is None or code.startswith("QH-DH") for code in rows)
+    other = token_for(stack, worker("street_officer", grid="QH-XS"))
+    _, theirs = http_json("GET", f"{stack.url}/api/report?level=grid", headers=other)
+    assert "QH-DH-01-01" not in {u["unit"] for u in theirs}
+    assert http_json("GET", f"{stack.url}/api/report?level=planet", headers=own)[0] == 400
+    assert http_json("GET", f"{stack.url}/api/report")[0] == 401
