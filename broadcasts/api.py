@@ -17,7 +17,6 @@ answered only once stored.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -69,10 +68,12 @@ class ReportWriter:
             except Exception as error:  # the store is down: Twilio hears 5xx and the callers see why
                 log.exception("storing %d delivery reports failed", len(batch))
                 for _, future in batch:
-                    future.set_exception(error)
+                    if not future.done():  # a caller that hung up has a cancelled future
+                        future.set_exception(error)
                 continue
             for _, future in batch:
-                future.set_result(None)
+                if not future.done():
+                    future.set_result(None)
 
 
 @dataclass
@@ -126,7 +127,7 @@ async def _json(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = await request.json()
-    except json.JSONDecodeError as bad:
+    except ValueError as bad:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
         raise InboundError(400, f"body is not JSON: {bad}") from bad
     if not isinstance(body, dict):
         raise InboundError(400, "body must be a JSON object")
