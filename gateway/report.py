@@ -7,8 +7,8 @@ caller may see (`visible`, e.g. `operators.jurisdiction(city, worker)`).
   `department`, or its `assigned_worker_id`. Cases without a (known) grid at that level fall in
   the "未定位" row; cases nobody is assigned to in the "未指派" row.
 - received: cases in the cohort (merged duplicates and rejected appeals included: they arrived).
-- resolved: cases now resolved or closed. A case reopened after a dissatisfied rating keeps its old
-  `resolved_at` but is being handled again, so it does not count until it is resolved anew.
+- resolved: cases now resolved or closed. A case reopened after a dissatisfied rating is being
+  handled again (its `resolved_at` is cleared), so it counts once it is resolved anew.
 - closed: cases in state closed (the resident confirmed, or the confirmation window passed).
 - on-time rate: among resolved cases, the share resolved by the SLA deadline fixed at creation.
 - median hours: median of resolved_at − created_at among resolved cases.
