@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters import SendError
 from gateway.logs import mask
 from gateway.store import ContactRow, OutboxRow, utcnow
+from gateway.world import SMS
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,20 @@ class ChannelSender(Protocol):
 
 def queue_message(session: Session, channel: str, recipient: str, body: str,
                   case_id: int | None = None, markup: dict | None = None) -> OutboxRow:
+    """An outbox row; a chat that blocked our bot is reached by SMS when it shared its number."""
+    if channel != SMS and session.scalar(select(ContactRow.blocked).where(
+            ContactRow.channel == channel, ContactRow.address == recipient)):
+        phone = linked_phone(session, channel, recipient)
+        if phone:
+            channel, recipient, markup = SMS, phone, None
     row = OutboxRow(channel=channel, recipient=recipient, body=body, case_id=case_id, markup=markup,
                     state="pending")
     session.add(row)
     return row
+
+
+def linked_phone(session: Session, channel: str, address: str) -> str | None:
+    return session.scalar(select(ContactRow.phone).where(ContactRow.channel == channel, ContactRow.address == address))
 
 
 def backoff(attempts: int) -> timedelta:
@@ -88,8 +99,10 @@ def _after_failure(session: Session, row: OutboxRow, error: SendError,
                    retry_later: Callable[[int, timedelta], None]) -> str:
     row.last_error = f"{error.code or ''} {error}".strip()
     row.updated_at = utcnow()
+    if error.code == "rate_limited":  # waiting our turn (or Telegram's 429) is not a failed attempt
+        row.attempts -= 1
     if error.retryable and row.attempts < MAX_ATTEMPTS:
-        delay = backoff(row.attempts)
+        delay = max(backoff(row.attempts), timedelta(seconds=error.retry_after or 0))
         row.state, row.next_attempt_at = "pending", row.updated_at + delay
         log.warning("outbox %s to %s failed (%s); retry in %ss", row.id, mask(row.recipient),
                     row.last_error, delay.seconds)
@@ -97,8 +110,13 @@ def _after_failure(session: Session, row: OutboxRow, error: SendError,
         retry_later(row.id, delay)
         return "retry"
     row.state = "failed"
-    if error.code == "blocked":  # the user blocked the bot: remember it, never retry
+    if error.code == "blocked":  # the user blocked the bot: remember it, never retry, try SMS
         session.merge(ContactRow(channel=row.channel, address=row.recipient, blocked=True, updated_at=row.updated_at))
+        phone = linked_phone(session, row.channel, row.recipient)
+        if phone:
+            fallback = queue_message(session, SMS, phone, row.body, row.case_id)
+            session.commit()
+            retry_later(fallback.id, timedelta(0))
     log.error("outbox %s to %s failed for good: %s", row.id, mask(row.recipient), row.last_error)
     return "failed"
 

@@ -280,3 +280,22 @@ def test_the_triage_desk_settles_and_assigns_a_case(stack):
         "routed", PLACE.grid_code, "SANITATION", WORKER.id)
     wait_bot(stack, WORKER_TOKEN, WORKER.telegram_chat_id, number)
     assert WORKER.name in stack.wait_sent(phone, 2)[-1]["body"]
+
+
+def test_a_linked_resident_who_blocked_the_bot_is_reached_by_sms(stack):
+    resident = [r for r in CITY.residents.values() if r.telegram_chat_id and r.language == "zh"][1]
+    chat = resident.telegram_chat_id
+    user_does(stack, RESIDENT_TOKEN, chat_id=chat, contact_phone=resident.phone.lstrip("+"))
+    wait_bot(stack, RESIDENT_TOKEN, chat, resident.name)
+    http_json("POST", f"{stack.settings.telegram_base}/_sandbox/blocked", {"chat_id": chat})
+    user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="帮助")  # the reply cannot go by Telegram
+    [by_sms] = stack.wait_sent(resident.phone)
+    assert "查询" in by_sms["body"]
+    user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="查询")  # now known blocked: straight to SMS
+    stack.wait_sent(resident.phone, 2)
+    with db(stack).connect() as connection:
+        rows = connection.execute(select(OutboxRow.channel, OutboxRow.state)
+                                  .where(OutboxRow.recipient.in_((str(chat), resident.phone)))
+                                  .order_by(OutboxRow.id)).all()
+    attempts = [(channel, state == "failed") for channel, state in rows][-3:]
+    assert attempts == [("telegram-resident", True), ("sms", False), ("sms", False)]
