@@ -149,8 +149,8 @@ def test_telegram_resident_links_reports_and_answers_a_question(stack):
     wait_bot(stack, RESIDENT_TOKEN, chat, "请问是几单元的楼道")
     assert case_of(stack, number)["state"] == "in_progress"
     user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="2单元")
-    wait_bot(stack, WORKER_TOKEN, WORKER.telegram_chat_id, "居民就案件")
-    assert "2单元" in bot_messages(stack, WORKER_TOKEN, WORKER.telegram_chat_id)[-1]["text"]
+    answer = wait_bot(stack, WORKER_TOKEN, WORKER.telegram_chat_id, f"居民就案件{number}回复")
+    assert "2单元" in answer["text"]
 
     user_does(stack, WORKER_TOKEN, chat_id=WORKER.telegram_chat_id, callback_data=f"escalate:{number}",
               message_id=alert["message_id"])
@@ -188,7 +188,9 @@ def test_an_unanswered_case_escalates_level_by_level(stack):
     history = [h for h in top["history"] if h["to"] == "escalated"]
     assert len(history) == 3 and all(h["actor"] == "clock" for h in history)
     assert deadline == top["deadline"].rstrip("Z"), "escalation must not move the SLA deadline"
-    assert sum("上报" in m["body"] for m in stack.sent_to(phone)) == 3
+    told = wait_for(lambda: (n := sum("上报" in m["body"] for m in stack.sent_to(phone))) >= 3 and n, 20,
+                    what="the resident told of each escalation")
+    assert told == 3
 
 
 def test_reminder_before_the_deadline(stack):
