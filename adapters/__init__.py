@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,8 @@ class SendError(Exception):
         self.retryable = retryable
         self.code = code
         self.retry_after = retry_after  # seconds the provider asked us to wait (Telegram's 429), if any
+
+
+def is_loopback(url: str) -> bool:
+    """A sandbox on this machine: HTTP clients must not route it through an environment proxy."""
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")

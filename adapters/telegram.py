@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Coroutine, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton, ReplyKeyboardMarkup
 from telegram.error import (
@@ -41,7 +40,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
-from adapters import InboundError, InboundMessage, SendError
+from adapters import InboundError, InboundMessage, SendError, is_loopback
 
 TELEGRAM_API_BASE = "https://api.telegram.org"
 SEND_TIMEOUT = 10.0  # seconds, for connecting, writing and each read; getUpdates adds its long-poll timeout
@@ -50,7 +49,6 @@ ALLOWED_UPDATES = ("message", "callback_query")
 
 Buttons = list[list[tuple[str, str]]]  # rows of (label, callback_data)
 
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # A bot command as Telegram marks it (a bot_command entity at offset 0): /name or /name@bot_username,
 # then optional arguments, e.g. a deep link's payload after /start.
 _COMMAND = re.compile(r"/([A-Za-z0-9_]{1,32})(?:@([A-Za-z0-9_]+))?(?:\s+(.*))?", re.DOTALL)
@@ -223,7 +221,7 @@ def _connect(token: str, api_base: str) -> tuple[Bot, tuple[HTTPXRequest, ...]]:
     base = api_base.rstrip("/")
     # httpx honours HTTP(S)_PROXY by default: needed to reach api.telegram.org from some networks, wrong
     # for the loopback fake.
-    httpx_kwargs = {"trust_env": False} if urlparse(base).hostname in _LOOPBACK_HOSTS else None
+    httpx_kwargs = {"trust_env": False} if is_loopback(base) else None
 
     def request(pool_size: int) -> HTTPXRequest:
         return HTTPXRequest(connection_pool_size=pool_size, connect_timeout=SEND_TIMEOUT,

@@ -20,14 +20,13 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator, add_port, compare, remove_port
 from twilio.rest import Client
 
-from adapters import DeliveryStatus, InboundError, InboundMessage, SendError
+from adapters import DeliveryStatus, InboundError, InboundMessage, SendError, is_loopback
 
 if TYPE_CHECKING:
     from gateway.config import Settings
 
 SEND_TIMEOUT = 10.0  # seconds, for connecting and for each read; twilio-python waits forever by default
 
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # --- signatures -----------------------------------------------------------------------------
 
@@ -161,7 +160,7 @@ def make_client(settings: Settings) -> Client:
     """
     account_sid, auth_token = settings.twilio_credentials
     http_client = TwilioHttpClient(timeout=SEND_TIMEOUT)
-    if urlparse(settings.twilio_base).hostname in _LOOPBACK_HOSTS:
+    if is_loopback(settings.twilio_base):
         # requests would send loopback calls to an HTTP(S)_PROXY found in the environment.
         http_client.session.trust_env = False
     client = Client(account_sid, auth_token, http_client=http_client)
