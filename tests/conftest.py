@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +41,20 @@ def http_json(method: str, url: str, body: dict | None = None, headers: dict | N
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+@contextmanager
+def sandbox_process(module: str, *args: str) -> Iterator[str]:
+    """Run a sandbox fake as `gridline up` does (`python -m ... --port 0`); yield the URL it prints."""
+    command = [sys.executable, "-m", module, "--port", "0", *args]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().split()[-1]
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), url
+            yield url
+        finally:
+            process.terminate()
 
 
 def wait_for(condition, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import queue
-import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +22,7 @@ from adapters import InboundError, InboundMessage, SendError
 from adapters.sandbox.telegram_fake import fake_telegram_server
 from adapters.sandbox.twilio_fake import LoopbackServer
 from adapters.telegram import TelegramClient, parse_inbound, verify
-from tests.conftest import free_port
+from tests.conftest import free_port, sandbox_process
 
 RESIDENT_TOKEN = "7701234567:AAHfRm3Lq0x-resident-bot-token"
 WORKER_TOKEN = "7712345678:AAGy8Vd2Kc1-worker-bot-token"
@@ -378,16 +374,7 @@ def test_long_poll_returns_when_an_update_arrives(fake: LoopbackServer, resident
 
 
 def test_runs_as_a_module_on_a_free_port() -> None:
-    command = [sys.executable, "-m", "adapters.sandbox.telegram_fake", "--port", "0",
-               "--token", RESIDENT_TOKEN, "--token", WORKER_TOKEN]
-    repo = Path(__file__).parents[1]
-    with subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().split()[-1]
-            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-            with TelegramClient(WORKER_TOKEN, url) as client:
-                assert client.send(WORKER, ALERT, BUTTONS) == "1"  # a fresh fake
-            assert requests.get(f"{url}/bot{RESIDENT_TOKEN}/getMe", timeout=5).json()["ok"] is True
-        finally:
-            process.terminate()
+    with sandbox_process("adapters.sandbox.telegram_fake", "--token", RESIDENT_TOKEN, "--token", WORKER_TOKEN) as url:
+        with TelegramClient(WORKER_TOKEN, url) as client:
+            assert client.send(WORKER, ALERT, BUTTONS) == "1"  # a fresh fake
+        assert requests.get(f"{url}/bot{RESIDENT_TOKEN}/getMe", timeout=5).json()["ok"] is True

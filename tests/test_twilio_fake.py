@@ -9,13 +9,10 @@ from __future__ import annotations
 import queue
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -27,6 +24,7 @@ from adapters import SendError
 from adapters.sandbox.twilio_fake import LoopbackServer, fake_twilio_server
 from adapters.twilio_sms import make_client, parse_status, send, verify
 from gateway.config import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, Settings
+from tests.conftest import sandbox_process
 
 GRIDLINE = "+8617000000000"
 RESIDENT = "+8613800138000"
@@ -288,14 +286,6 @@ def test_unreachable_status_callback_does_not_hold_up_sending(client: Client) ->
 
 
 def test_runs_as_a_module_on_a_free_port() -> None:
-    command = [sys.executable, "-m", "adapters.sandbox.twilio_fake", "--port", "0",
-               "--account-sid", SANDBOX_ACCOUNT_SID, "--auth-token", SANDBOX_AUTH_TOKEN]
-    repo = Path(__file__).parents[1]
-    with subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().split()[-1]
-            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-            assert reply(make_client(Settings(twilio_api_base=url))).startswith("SM")
-        finally:
-            process.terminate()
+    with sandbox_process("adapters.sandbox.twilio_fake", "--account-sid", SANDBOX_ACCOUNT_SID,
+                         "--auth-token", SANDBOX_AUTH_TOKEN) as url:
+        assert reply(make_client(Settings(twilio_api_base=url))).startswith("SM")
