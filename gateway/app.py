@@ -48,16 +48,21 @@ async def refusals(request: web.Request, handler) -> web.StreamResponse:
         return web.json_response({"error": error.reason}, status=error.status)
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, refused with a 413 (before reading it, when the length is declared) past 64 KiB."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InboundError(413, f"body over {MAX_BODY} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as too_large:
+        raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
+
+
 async def read_form(request: web.Request) -> MultiDict[str]:
     """The url-encoded body, decoded strictly: a bad byte is the sender's error, not ours."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise InboundError(415, "expected application/x-www-form-urlencoded")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise InboundError(413, f"body over {MAX_BODY} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as too_large:
-        raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
+    body = await read_body(request)
     try:
         pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
                           max_num_fields=200)
@@ -100,12 +105,9 @@ async def telegram_update(request: web.Request) -> web.Response:
     if not telegram.verify(request.headers.get("X-Telegram-Bot-Api-Secret-Token"),
                            settings.telegram_webhook_secret):
         raise InboundError(403, "X-Telegram-Bot-Api-Secret-Token missing or invalid")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise InboundError(413, f"body over {MAX_BODY} bytes")
+    body = await read_body(request)
     try:
-        update = json.loads(await request.read())
-    except web.HTTPRequestEntityTooLarge as too_large:
-        raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
+        update = json.loads(body)
     except ValueError as bad:  # JSONDecodeError and UnicodeDecodeError both
         raise InboundError(400, f"body is not JSON: {bad}") from bad
     message = telegram.parse_inbound(update)
