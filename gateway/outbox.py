@@ -29,6 +29,9 @@ CLOCK_SKEW = timedelta(minutes=1)  # between our clock and the provider's
 TERMINAL_STATES = ("delivered", "undelivered", "failed")
 # How far each delivery state has got; a late or repeated report never moves a row backwards.
 STATE_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
+# A provider's delivery status, as the outbox state it means.
+REPORTED_STATE = {"queued": "sending", "accepted": "sending", "sending": "sending", "sent": "sent",
+                  "delivered": "delivered", "read": "delivered", "undelivered": "undelivered", "failed": "failed"}
 
 
 class ChannelSender(Protocol):
@@ -140,9 +143,7 @@ def apply_status(session: Session, outbox_id: int | None, provider_id: str, stat
     row = session.scalar(query)
     if row is None:
         return False
-    state = {"queued": "sending", "accepted": "sending", "sending": "sending", "sent": "sent",
-             "delivered": "delivered", "read": "delivered", "undelivered": "undelivered",
-             "failed": "failed"}.get(status)
+    state = REPORTED_STATE.get(status)
     row.provider_id = row.provider_id or provider_id
     if state and STATE_RANK[state] > STATE_RANK[row.state]:
         row.state = state
