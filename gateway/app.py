@@ -11,7 +11,6 @@ import json
 import logging
 from dataclasses import replace
 from datetime import datetime
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import MultiDict
@@ -63,14 +62,7 @@ async def read_form(request: web.Request) -> MultiDict[str]:
     if request.content_type != "application/x-www-form-urlencoded":
         raise InboundError(415, "expected application/x-www-form-urlencoded")
     body = await read_body(request)
-    try:
-        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
-                          max_num_fields=200)
-    except UnicodeDecodeError as bad:
-        raise InboundError(400, "form body is not valid UTF-8") from bad
-    except ValueError as bad:
-        raise InboundError(400, f"malformed form body: {bad}") from bad
-    return MultiDict(pairs)
+    return twilio_sms.parse_form(body)
 
 
 async def twilio_verified_form(request: web.Request) -> MultiDict[str]:

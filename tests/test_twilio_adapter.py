@@ -15,7 +15,16 @@ from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
 from adapters import DeliveryStatus, InboundError, InboundMessage
-from adapters.twilio_sms import STATUS_ORDER, parse_inbound, parse_status, segments, sign, status_rank, verify
+from adapters.twilio_sms import (
+    STATUS_ORDER,
+    parse_form,
+    parse_inbound,
+    parse_status,
+    segments,
+    sign,
+    status_rank,
+    verify,
+)
 
 AUTH_TOKEN = "3f9c2a7d51e84b6c9a0d2e4f6b8c1d3e"
 ACCOUNT_SID = "AC5d3c1e9f7b2a4c6e8d0f1a3b5c7d9e2f"
@@ -274,3 +283,36 @@ def test_status_ranks() -> None:
 ])
 def test_segments(text: str, parts: int) -> None:
     assert segments(text) == parts
+
+
+# --- form bodies ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    "Body=%E7%BF%A0%E6%B9%96%E8%8A%B1%E5%9B%AD3%E5%8F%B7%E6%A5%BC&From=%2B8617033259997",
+    "Body=a+b%2Bc&To=%2B86&Body=second",  # '+' is a space, %2B a plus; a repeated name keeps both
+    "Body=%F0%9F%98%80&NumMedia=0&MediaUrl0=",  # emoji, blank value
+    "Body=50%25+off&x=%zz&y=%",  # invalid escapes are kept as they are, as urllib does
+    "a=1#x&&b",  # '#' is data in a body, empty pairs are skipped, a bare name has a blank value
+    "Body=%EF%BF%BD",  # a real U+FFFD the resident typed
+])
+def test_parse_form_agrees_with_urllib(body: str) -> None:
+    from urllib.parse import parse_qsl
+    expected = parse_qsl(body, keep_blank_values=True, encoding="utf-8", errors="strict")
+    assert list(parse_form(body.encode()).items()) == expected
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"Body=%FF%FE", "not valid UTF-8"),
+    ("Body=翠湖".encode(), "not valid UTF-8"),  # raw bytes instead of percent-escapes
+    (b"&".join(b"f%d=1" % n for n in range(201)), "more than 200 fields"),
+])
+def test_parse_form_refuses_bad_bodies_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(InboundError) as refused:
+        parse_form(body)
+    assert refused.value.status == 400 and reason in refused.value.reason
+
+
+def test_verify_refuses_a_signature_header_with_non_ascii_bytes() -> None:
+    form = {"Body": "hi", "From": "+8617033259997"}
+    assert not verify("http://127.0.0.1:8080/webhooks/twilio/sms", form, "签名\udcff", "token")
