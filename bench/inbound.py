@@ -207,8 +207,7 @@ def main() -> None:
     print("hello-world again, so a busy neighbour during one run cannot flatter the ratio ...", flush=True)
     hellos.append(hello_world_rate(args.seconds, args.connections))
     hello_rates = [run["requests"] / run["seconds"] for run in hellos]
-    hello = hellos[hello_rates.index(max(hello_rates))]
-    hello_rate = max(hello_rates)
+    hello_rate, hello = max(zip(hello_rates, hellos, strict=True), key=lambda pair: pair[0])
     rate = accepted / result["seconds"]
     rows = [
         ("bare aiohttp hello-world", f"{hello_rate:,.0f} req/s", f"{hello['p50_ms']:.1f}", f"{hello['p99_ms']:.1f}"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 import pytest
 from multidict import MultiDict
@@ -297,7 +298,6 @@ def test_segments(text: str, parts: int) -> None:
     "Body=%EF%BF%BD",  # a real U+FFFD the resident typed
 ])
 def test_parse_form_agrees_with_urllib(body: str) -> None:
-    from urllib.parse import parse_qsl
     expected = parse_qsl(body, keep_blank_values=True, encoding="utf-8", errors="strict")
     assert list(parse_form(body.encode()).items()) == expected
 
