@@ -14,17 +14,15 @@ from datetime import datetime
 
 from aiohttp import web
 from multidict import MultiDict
-from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
-from gateway import cases, jobs, operators, outbox, report
+from gateway import cases, operators, outbox, report
 from gateway.city import City, Worker
 from gateway.config import Settings
-from gateway.intake import Intake
-from gateway.queues import INBOUND_QUEUE, connect
+from gateway.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
 from gateway.world import BOTS
 
@@ -210,8 +208,7 @@ def create_app(settings: Settings) -> web.Application:
     sessions = session_factory(engine)
     with sessions() as session:
         city = load_city_from_store(session)
-    inbound_queue = Queue(INBOUND_QUEUE, connection=connect(settings.redis_url))
-    intake = Intake(engine, lambda ids: jobs.enqueue_inbound(inbound_queue, ids))
+    intake = Intake(socket_path(settings), engine)
 
     app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
@@ -225,7 +222,7 @@ def create_app(settings: Settings) -> web.Application:
     broadcast_api.add_routes(app)
 
     async def close_intake(_app: web.Application) -> None:
-        intake.close()
+        await intake.close()
 
     app.on_cleanup.append(close_intake)
     return app

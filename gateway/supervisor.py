@@ -93,7 +93,9 @@ class Supervisor:
             self.children.append(Child("telegram-sandbox", "adapters.sandbox.telegram_fake",
                                        ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
         self.children += [Child(f"worker-{n}", "gateway.worker") for n in range(self.settings.workers)]
-        self.children += [Child("sweeper", "gateway.sweeper"), Child("web", "gateway.web")]
+        # The intake first: the web processes hand it every inbound message, so it stops after them.
+        self.children += [Child("sweeper", "gateway.sweeper"), Child("intake", "gateway.intake")]
+        self.children += [Child(f"web-{n}", "gateway.web") for n in range(self.settings.web_processes)]
         if self.settings.telegram_polling:
             self.children.append(Child("telegram-poller", "gateway.telegram_poller"))
         env = self.child_environment()

@@ -13,7 +13,8 @@ from gateway.logs import setup_logging
 def main() -> None:
     setup_logging()
     settings = load_settings()
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+                reuse_port=True)  # the web processes share the port
 
 
 if __name__ == "__main__":

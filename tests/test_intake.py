@@ -1,0 +1,134 @@
+"""The intake process: web processes hand it messages over a unix socket, it stores them durably.
+
+Below the HTTP layer: a real IntakeServer on a real socket with a real SQLite store, and the web
+side's `Intake` talking to it. The last test kills the running stack's intake process with -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from adapters import InboundMessage
+from gateway.intake import Intake, IntakeServer, StoreUnavailable
+from gateway.store import InboundRow, make_engine, migrate, session_factory
+from tests.conftest import wait_for
+from tests.twilio_client import inbound_form, post
+
+
+def message(provider_id: str, text: str = "翠湖花园3号楼门口垃圾三天没人清了") -> InboundMessage:
+    return InboundMessage("sms", provider_id, "+8617199100001", text, ("https://api.twilio.com/m/1",),
+                          payload={"note": "保留"})
+
+
+async def with_intake(tmp_path: Path, work, migrated: bool = True) -> tuple[object, list[list[int]]]:
+    """Run `work(intake)` against a live IntakeServer; return its result and the ids it queued."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'intake.db'}")
+    if migrated:
+        migrate(engine)
+    queued: list[list[int]] = []
+    server = IntakeServer(engine, queued.append)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(server.serve(tmp_path / "intake.sock", stopping))
+    intake = Intake(tmp_path / "intake.sock", engine, timeout=5)
+    try:
+        return await work(intake), queued
+    finally:
+        await intake.close()
+        stopping.set()
+        await serving
+        engine.dispose()
+
+
+def stored_rows(tmp_path: Path) -> list[InboundRow]:
+    with session_factory(make_engine(f"sqlite:///{tmp_path / 'intake.db'}"))() as session:
+        return list(session.scalars(select(InboundRow).order_by(InboundRow.id)))
+
+
+def test_messages_stored_together_are_each_stored_once(tmp_path):
+    async def work(intake: Intake) -> list[bool]:
+        messages = [message(f"SM{n:032d}") for n in range(30)] + [message("SM-retried")] * 5
+        return await asyncio.gather(*(intake.store(m) for m in messages))
+
+    outcomes, queued = asyncio.run(with_intake(tmp_path, work))
+    assert outcomes[:30] == [True] * 30
+    assert sorted(outcomes[30:]) == [False] * 4 + [True]  # a retry in the same group is new once
+    rows = stored_rows(tmp_path)
+    assert len(rows) == 31 and len({row.provider_id for row in rows}) == 31
+    assert rows[0].text == "翠湖花园3号楼门口垃圾三天没人清了" and rows[0].payload == {"note": "保留"}
+    assert rows[0].media == ["https://api.twilio.com/m/1"]
+    assert sorted(i for ids in queued for i in ids) == [row.id for row in rows]  # each queued once
+
+
+def test_a_retry_after_the_first_is_stored_is_not_new(tmp_path):
+    async def work(intake: Intake) -> tuple[bool, bool]:
+        return await intake.store(message("SM-once")), await intake.store(message("SM-once"))
+
+    (first, second), queued = asyncio.run(with_intake(tmp_path, work))
+    assert (first, second) == (True, False)
+    assert len(stored_rows(tmp_path)) == 1 and sum(map(len, queued)) == 1
+
+
+def test_a_store_that_fails_answers_every_caller_and_recovers(tmp_path):
+    async def work(intake: Intake) -> tuple[list[object], bool]:
+        failed = await asyncio.gather(*(intake.store(message(f"SM-{n}")) for n in range(3)),
+                                      return_exceptions=True)
+        migrate(make_engine(f"sqlite:///{tmp_path / 'intake.db'}"))  # the store is back
+        return failed, await intake.store(message("SM-later"))
+
+    (failed, later), queued = asyncio.run(with_intake(tmp_path, work, migrated=False))
+    assert [type(error) for error in failed] == [StoreUnavailable] * 3
+    assert later is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-later"]
+
+
+def test_no_intake_process_is_a_clear_error_not_a_hang(tmp_path):
+    async def work() -> float:
+        intake = Intake(tmp_path / "nobody.sock", make_engine(f"sqlite:///{tmp_path / 'x.db'}"), timeout=1)
+        started = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await intake.store(message("SM-nowhere"))
+            return time.monotonic() - started
+        finally:
+            await intake.close()
+
+    assert asyncio.run(work()) < 5  # answered within its timeout, well inside Twilio's 15 s
+
+
+def intake_pid(stack) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"gateway.intake" in command and parent == stack.process.pid:
+                return int(entry.name)
+    return None
+
+
+def test_kill_minus_nine_of_the_intake_process_loses_nothing(stack):
+    phone = "+8617199100002"
+    old = intake_pid(stack)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    form = inbound_form(phone, "幸福路有个井盖坏了，晚上很危险", stack.settings)
+    # Twilio retries a 5xx; the supervisor restarts the intake process meanwhile.
+    statuses = []
+    wait_for(lambda: statuses.append(post(stack.settings, "/webhooks/twilio/sms", form).status)
+             or statuses[-1] == 200, timeout=30, interval=0.5, what="the webhook to be taken again")
+    assert set(statuses) <= {200, 503}
+    assert intake_pid(stack) not in (None, old)
+    stack.wait_sent(phone)
+    engine = make_engine(stack.settings.sqlalchemy_url)
+    with engine.connect() as connection:
+        stored = connection.execute(select(func.count()).select_from(InboundRow)
+                                    .where(InboundRow.provider_id == form["MessageSid"])).scalar_one()
+    assert stored == 1
