@@ -10,8 +10,8 @@
     POST /api/broadcasts/{id}/pause|resume|cancel
 
 Delivery reports arrive thousands a second during a big broadcast, so they are group-committed:
-reports that arrive together share one transaction on the intake's writer thread, and each is
-answered only once stored.
+reports that arrive together share one transaction on the web process's store thread
+(`Intake.run`), and each is answered only once stored.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ REPORTED = {"sent": "sent", "delivered": "delivered", "read": "delivered", "unde
 
 
 class ReportWriter:
-    """Group commit for delivery reports, on the intake's single writer thread."""
+    """Group commit for delivery reports, on the web process's store thread."""
 
     def __init__(self, intake: Intake):
         self._intake = intake
