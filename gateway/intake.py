@@ -57,9 +57,10 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     return json.loads(await reader.readexactly(size))
 
 
-def write_frame(writer: asyncio.StreamWriter, value: Any) -> None:
+def encode_frame(value: Any) -> bytes:
+    """Raises ValueError for what cannot be sent, such as a lone surrogate in a Telegram text."""
     data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    writer.write(len(data).to_bytes(4, "big") + data)
+    return len(data).to_bytes(4, "big") + data
 
 
 def as_row(m: InboundMessage) -> list[Any]:
@@ -72,6 +73,9 @@ def from_row(row: list[Any]) -> InboundMessage:
 
 
 # --- the web processes' side ------------------------------------------------------------------
+
+
+InFlight = dict[int, list[asyncio.Future[bool]]]
 
 
 class StoreUnavailable(Exception):
@@ -89,10 +93,10 @@ class Intake:
         self._path = path
         self._timeout = timeout  # well inside Twilio's 15 s
         self._waiting: list[tuple[InboundMessage, asyncio.Future[bool]]] = []
-        self._in_flight: dict[int, list[asyncio.Future[bool]]] = {}
         self._frame_ids = itertools.count()
         self._sender: asyncio.Task | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        # The open connection and the callers of each frame sent on it, by frame id.
+        self._connection: tuple[asyncio.StreamWriter, InFlight] | None = None
         self._replies: asyncio.Task | None = None
         self._sessions = session_factory(engine)
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
@@ -119,21 +123,28 @@ class Intake:
 
     async def _send_waiting(self) -> None:
         try:
-            writer = await self._connected()
+            writer, in_flight = await self._connected()
         except OSError as error:
             log.warning("intake process unreachable: %r", error)
             waiting, self._waiting = self._waiting, []
             _settle([future for _, future in waiting], StoreUnavailable(repr(error)))
             return
         batch, self._waiting = self._waiting, []
+        futures = [future for _, future in batch]
         frame_id = next(self._frame_ids)
-        self._in_flight[frame_id] = [future for _, future in batch]
-        write_frame(writer, [frame_id, [as_row(message) for message, _ in batch]])
+        try:
+            frame = encode_frame([frame_id, [as_row(message) for message, _ in batch]])
+        except ValueError as bad:
+            log.warning("cannot hand %d messages to the intake process: %s", len(batch), bad)
+            _settle(futures, StoreUnavailable(str(bad)))
+            return
+        in_flight[frame_id] = futures
+        writer.write(frame)
 
-    async def _connected(self) -> asyncio.StreamWriter:
+    async def _connected(self) -> tuple[asyncio.StreamWriter, InFlight]:
         """The connection, opened on first use, waiting a little for an intake process (re)starting."""
-        if self._writer is not None and not self._writer.is_closing():
-            return self._writer
+        if self._connection is not None and not self._connection[0].is_closing():
+            return self._connection
         async with asyncio.timeout(self._timeout / 2):
             while True:
                 try:
@@ -141,31 +152,31 @@ class Intake:
                     break
                 except (FileNotFoundError, ConnectionRefusedError):
                     await asyncio.sleep(0.05)
-        self._writer = writer
-        self._replies = asyncio.create_task(self._read_replies(reader, writer))
-        return writer
+        self._connection = writer, {}
+        self._replies = asyncio.create_task(self._read_replies(reader, *self._connection))
+        return self._connection
 
-    async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            in_flight: InFlight) -> None:
         try:
             while True:
                 frame_id, outcomes = await read_frame(reader)
-                futures = self._in_flight.pop(frame_id)
+                futures = in_flight.pop(frame_id, [])
                 if outcomes is None:
                     _settle(futures, StoreUnavailable("the intake process could not store them"))
                     continue
                 for future, is_new in zip(futures, outcomes, strict=True):
                     if not future.done():  # a caller that timed out or hung up has a cancelled future
                         future.set_result(is_new)
-        except (OSError, asyncio.IncompleteReadError) as error:
+        except (OSError, ValueError, asyncio.IncompleteReadError) as error:
             log.warning("lost the intake process: %r", error)
         finally:  # whatever it did not answer, the providers retry
             writer.close()
-            in_flight, self._in_flight = self._in_flight, {}
             _settle([f for futures in in_flight.values() for f in futures], StoreUnavailable("intake lost"))
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._connection is not None:
+            self._connection[0].close()
         if self._replies is not None:
             await asyncio.gather(self._replies, return_exceptions=True)
         self._store_thread.shutdown(wait=True)
@@ -196,15 +207,17 @@ class IntakeServer:
         self._enqueuer = Enqueuer(enqueue)
 
     async def serve(self, path: Path, stopping: asyncio.Event) -> None:
-        path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(self._connection, path)
-        path.chmod(0o600)  # only our own user's processes may hand us messages
-        log.info("intake listening on %s", path)
-        async with server:
-            await stopping.wait()
-        if self._storer is not None:
-            await self._storer
-        self._enqueuer.close()
+        try:
+            path.unlink(missing_ok=True)
+            server = await asyncio.start_unix_server(self._connection, path)
+            path.chmod(0o600)  # only our own user's processes may hand us messages
+            log.info("intake listening on %s", path)
+            async with server:
+                await stopping.wait()
+            while self._storer is not None and not self._storer.done():  # the web processes stopped first
+                await self._storer
+        finally:
+            self._enqueuer.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -232,7 +245,7 @@ class IntakeServer:
         for writer, frame_id, batch in frames:
             outcomes = None if stored is None else [_first_time(m, stored, answered) for m in batch]
             if not writer.is_closing():
-                write_frame(writer, [frame_id, outcomes])
+                writer.write(encode_frame([frame_id, outcomes]))
         if stored:
             self._enqueuer.add(list(stored.values()))
 

@@ -87,6 +87,16 @@ def test_a_store_that_fails_answers_every_caller_and_recovers(tmp_path):
     assert later is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-later"]
 
 
+def test_a_message_that_cannot_be_handed_over_fails_at_once_and_alone(tmp_path):
+    async def work(intake: Intake) -> bool:
+        with pytest.raises(StoreUnavailable, match="surrogate"):  # JSON allows "\ud83d", UTF-8 does not
+            await intake.store(message("SM-bad", text="\ud83d"))
+        return await intake.store(message("SM-good"))
+
+    good, _ = asyncio.run(with_intake(tmp_path, work))
+    assert good is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-good"]
+
+
 def test_no_intake_process_is_a_clear_error_not_a_hang(tmp_path):
     async def work() -> float:
         intake = Intake(tmp_path / "nobody.sock", make_engine(f"sqlite:///{tmp_path / 'x.db'}"), timeout=1)
