@@ -140,6 +140,10 @@ class Intake:
             return
         in_flight[frame_id] = futures
         writer.write(frame)
+        try:  # a slow intake holds the next frame here, so the buffer stays bounded
+            await writer.drain()
+        except OSError:
+            pass  # the reply reader sees the connection go and answers the callers
 
     async def _connected(self) -> tuple[asyncio.StreamWriter, InFlight]:
         """The connection, opened on first use, waiting a little for an intake process (re)starting."""
