@@ -40,7 +40,6 @@ from gateway.store import InboundRow, insert_for, make_engine, session_factory, 
 
 log = logging.getLogger("gateway.intake")  # not __main__ when run with -m
 T = TypeVar("T")
-MAX_JOB = 500  # message ids per rq job, as the sweeper queues them
 # Stored ids wait this long to share an rq job: building a job holds the GIL the store needs.
 LINGER = 0.02
 
@@ -276,7 +275,7 @@ def _first_time(message: InboundMessage, stored: dict[tuple[str, str], int], ans
 
 class Enqueuer:
     """Queues processing on a thread, after the providers are answered; the ids stored within
-    LINGER go as one job (rq costs ~40 round trips per job, FACTS.md)."""
+    LINGER are queued together, as few jobs as `jobs.enqueue_inbound` makes of them."""
 
     def __init__(self, enqueue: Callable[[list[int]], None]):
         self._enqueue = enqueue
@@ -299,12 +298,10 @@ class Enqueuer:
                 more = self._ids.get()
                 closing = more is None
                 ids += more or []
-            for start in range(0, len(ids), MAX_JOB):
-                chunk = ids[start:start + MAX_JOB]
-                try:
-                    self._enqueue(chunk)
-                except Exception:  # Redis away: the rows are safe, the sweeper queues them later
-                    log.exception("enqueueing %d inbound messages failed; the sweeper will retry", len(chunk))
+            try:
+                self._enqueue(ids)
+            except Exception:  # Redis away: the rows are safe, the sweeper queues what is not
+                log.exception("enqueueing %d inbound messages failed; the sweeper will retry", len(ids))
             if closing:
                 return
 

@@ -19,6 +19,7 @@ from gateway.store import load_city_from_store, make_engine, session_factory, ut
 from gateway.world import World
 
 JOB_OPTIONS = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600}
+IDS_PER_JOB = 500  # a job's worth of messages: enough to amortise rq's ~40 round trips
 
 
 @dataclass
@@ -51,7 +52,8 @@ def context() -> WorkerContext:
 
 
 def enqueue_inbound(queue: Queue, ids: list[int]) -> None:
-    queue.enqueue(process_inbound_job, ids, **JOB_OPTIONS)
+    for start in range(0, len(ids), IDS_PER_JOB):
+        queue.enqueue(process_inbound_job, ids[start:start + IDS_PER_JOB], **JOB_OPTIONS)
 
 
 def enqueue_delivery(queue: Queue, ids: list[int], delay: timedelta | None = None) -> None:

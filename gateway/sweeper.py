@@ -23,7 +23,6 @@ from gateway.store import InboundRow, utcnow
 
 log = logging.getLogger(__name__)
 STUCK_AFTER = timedelta(seconds=60)  # a provider call never takes this long
-CHUNK = 500
 
 
 def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
@@ -34,15 +33,14 @@ def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
             ids = list(session.scalars(
                 select(InboundRow.id)
                 .where(InboundRow.processed_at.is_(None), InboundRow.received_at < utcnow() - stale)
-                .order_by(InboundRow.id).limit(10 * CHUNK)))
-            for start in range(0, len(ids), CHUNK):
-                jobs.enqueue_inbound(ctx.queues[INBOUND_QUEUE], ids[start:start + CHUNK])
+                .order_by(InboundRow.id).limit(10 * jobs.IDS_PER_JOB)))
+            jobs.enqueue_inbound(ctx.queues[INBOUND_QUEUE], ids)
             found["inbound"] = len(ids)
         if ctx.queues[OUTBOUND_QUEUE].count == 0:
             ids = outbox.reconcile_stuck(session, ctx.senders, STUCK_AFTER)
             ids += outbox.due_rows(session, stale)
-            for start in range(0, len(ids), CHUNK):
-                jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + CHUNK])
+            for start in range(0, len(ids), jobs.IDS_PER_JOB):
+                jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + jobs.IDS_PER_JOB])
             found["outbox"] = len(ids)
     found.update(broadcast_sweep(ctx))
     jobs.enqueue_tick(ctx.queues[CLOCK_QUEUE])  # deadlines: reminders and escalations
