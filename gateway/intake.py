@@ -15,6 +15,7 @@ case. If the intake process is away, `store` raises and the provider hears 503 a
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -24,12 +25,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rq import Queue
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from adapters import InboundMessage
 from gateway import jobs
@@ -51,15 +55,28 @@ def socket_path(settings: Settings) -> Path:
 # --- frames: a 4-byte length, then JSON; both ends are our own processes on a 0600 socket ---------
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
-    size = int.from_bytes(await reader.readexactly(4), "big")
-    return json.loads(await reader.readexactly(size))
-
-
 def encode_frame(value: Any) -> bytes:
     """Raises ValueError for what cannot be sent, such as a lone surrogate in a Telegram text."""
     data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     return len(data).to_bytes(4, "big") + data
+
+
+class FrameReader:
+    """Cuts the byte stream of a connection into decoded frames; ValueError for a malformed one."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= 4:
+            end = 4 + int.from_bytes(self._buffer[:4], "big")
+            if len(self._buffer) < end:
+                break
+            frames.append(json.loads(self._buffer[4:end]))
+            del self._buffer[:end]
+        return frames
 
 
 def as_row(m: InboundMessage) -> list[Any]:
@@ -74,11 +91,22 @@ def from_row(row: list[Any]) -> InboundMessage:
 # --- the web processes' side ------------------------------------------------------------------
 
 
-InFlight = dict[int, list[asyncio.Future[bool]]]
-
-
 class StoreUnavailable(Exception):
     """The intake process could not store a message; the provider should retry."""
+
+
+@dataclass
+class Batch:
+    """The messages stored in one turn of a web process's event loop: one frame, one deadline."""
+
+    frame: bytes
+    frame_id: int
+    futures: list[asyncio.Future[bool]]
+    deadline: asyncio.TimerHandle
+
+    def fail(self, error: Exception) -> None:
+        self.deadline.cancel()
+        _settle(self.futures, error)
 
 
 class Intake:
@@ -92,25 +120,20 @@ class Intake:
         self._path = path
         self._timeout = timeout  # well inside Twilio's 15 s
         self._waiting: list[tuple[InboundMessage, asyncio.Future[bool]]] = []
+        self._unsent: list[Batch] = []  # while connecting, or while the socket's buffer is full
         self._frame_ids = itertools.count()
-        self._sender: asyncio.Task | None = None
-        # The open connection and the callers of each frame sent on it, by frame id.
-        self._connection: tuple[asyncio.StreamWriter, InFlight] | None = None
-        self._replies: asyncio.Task | None = None
+        self._connection: IntakeConnection | None = None
+        self._connecting: asyncio.Task | None = None
         self._sessions = session_factory(engine)
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
 
     async def store(self, message: InboundMessage) -> bool:
         """Persist the message; True when it is new, False when it is a retry already stored."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self._waiting:  # the first this turn: the lot goes when the turn is over
+            asyncio.get_running_loop().call_soon(self._hand_over)
         self._waiting.append((message, future))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_waiting())
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await future
-        except TimeoutError as slow:
-            raise StoreUnavailable(f"no answer from the intake process in {self._timeout:.0f} s") from slow
+        return await future
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """`work(session)` in its own transaction on this process's writer thread."""
@@ -120,69 +143,117 @@ class Intake:
 
         return await asyncio.get_running_loop().run_in_executor(self._store_thread, in_transaction)
 
-    async def _send_waiting(self) -> None:
-        try:
-            writer, in_flight = await self._connected()
-        except OSError as error:
-            log.warning("intake process unreachable: %r", error)
-            waiting, self._waiting = self._waiting, []
-            _settle([future for _, future in waiting], StoreUnavailable(repr(error)))
-            return
-        batch, self._waiting = self._waiting, []
-        futures = [future for _, future in batch]
+    def _hand_over(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        futures = [future for _, future in waiting]
         frame_id = next(self._frame_ids)
         try:
-            frame = encode_frame([frame_id, [as_row(message) for message, _ in batch]])
+            frame = encode_frame([frame_id, [as_row(message) for message, _ in waiting]])
         except ValueError as bad:
-            log.warning("cannot hand %d messages to the intake process: %s", len(batch), bad)
+            log.warning("cannot hand %d messages to the intake process: %s", len(waiting), bad)
             _settle(futures, StoreUnavailable(str(bad)))
             return
-        in_flight[frame_id] = futures
-        writer.write(frame)
-        try:  # a slow intake holds the next frame here, so the buffer stays bounded
-            await writer.drain()
-        except OSError:
-            pass  # the reply reader sees the connection go and answers the callers
+        deadline = asyncio.get_running_loop().call_later(
+            self._timeout, _settle, futures,
+            StoreUnavailable(f"no answer from the intake process in {self._timeout:.0f} s"))
+        self._unsent.append(Batch(frame, frame_id, futures, deadline))
+        self._send_unsent()
 
-    async def _connected(self) -> tuple[asyncio.StreamWriter, InFlight]:
-        """The connection, opened on first use, waiting a little for an intake process (re)starting."""
-        if self._connection is not None and not self._connection[0].is_closing():
-            return self._connection
-        async with asyncio.timeout(self._timeout / 2):
-            while True:
-                try:
-                    reader, writer = await asyncio.open_unix_connection(self._path)
-                    break
-                except (FileNotFoundError, ConnectionRefusedError):
-                    await asyncio.sleep(0.05)
-        self._connection = writer, {}
-        self._replies = asyncio.create_task(self._read_replies(reader, *self._connection))
-        return self._connection
+    def _send_unsent(self) -> None:
+        connection = self._connection
+        if connection is None or connection.lost:
+            if self._connecting is None or self._connecting.done():
+                self._connecting = asyncio.create_task(self._connect())
+            return
+        while self._unsent and not connection.paused:  # paused: the intake is slow, hold the rest here
+            connection.send(self._unsent.pop(0))
 
-    async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            in_flight: InFlight) -> None:
+    async def _connect(self) -> None:
+        """Open the connection, waiting a little for an intake process (re)starting."""
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                frame_id, outcomes = await read_frame(reader)
-                futures = in_flight.pop(frame_id, [])
-                if outcomes is None:
-                    _settle(futures, StoreUnavailable("the intake process could not store them"))
-                    continue
-                for future, is_new in zip(futures, outcomes, strict=True):
-                    if not future.done():  # a caller that timed out or hung up has a cancelled future
-                        future.set_result(is_new)
-        except (OSError, ValueError, asyncio.IncompleteReadError) as error:
-            log.warning("lost the intake process: %r", error)
-        finally:  # whatever it did not answer, the providers retry
-            writer.close()
-            _settle([f for futures in in_flight.values() for f in futures], StoreUnavailable("intake lost"))
+            async with asyncio.timeout(self._timeout / 2):
+                while True:
+                    try:
+                        _, self._connection = await loop.create_unix_connection(
+                            lambda: IntakeConnection(self._send_unsent), self._path)
+                        break
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        await asyncio.sleep(0.05)
+        except OSError as error:  # TimeoutError included
+            log.warning("intake process unreachable: %r", error)
+            unsent, self._unsent = self._unsent, []
+            for batch in unsent:
+                batch.fail(StoreUnavailable(repr(error)))
+            return
+        self._send_unsent()
 
     async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._connection is not None:
-            self._connection[0].close()
-        if self._replies is not None:
-            await asyncio.gather(self._replies, return_exceptions=True)
+            await self._connection.close()
         self._store_thread.shutdown(wait=True)
+
+
+class IntakeConnection(asyncio.Protocol):
+    """A web process's connection to the intake process: sends batches, settles them by frame id."""
+
+    def __init__(self, writable: Callable[[], None]):
+        self._writable = writable
+        self._transport: asyncio.Transport | None = None
+        self._frames = FrameReader()
+        self._in_flight: dict[int, Batch] = {}
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.paused = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def send(self, batch: Batch) -> None:
+        self._in_flight[batch.frame_id] = batch
+        self._transport.write(batch.frame)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._frames.feed(data)
+        except ValueError as bad:
+            log.warning("a malformed answer from the intake process: %s", bad)
+            self._transport.close()
+            return
+        for frame_id, outcomes in frames:
+            batch = self._in_flight.pop(frame_id, None)
+            if batch is None:
+                continue
+            if outcomes is None:
+                batch.fail(StoreUnavailable("the intake process could not store them"))
+                continue
+            batch.deadline.cancel()
+            for future, is_new in zip(batch.futures, outcomes, strict=True):
+                if not future.done():  # a caller that timed out or hung up has a cancelled future
+                    future.set_result(is_new)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Whatever it did not answer, the providers retry."""
+        self.lost = True
+        if error is not None or self._in_flight:
+            log.warning("lost the intake process: %r", error)
+        for batch in self._in_flight.values():
+            batch.fail(StoreUnavailable("intake lost"))
+        self._in_flight.clear()
+        self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._writable()
+
+    async def close(self) -> None:
+        self._transport.abort()  # not close(): that would wait for an intake that may not read any more
+        await self._closed
 
 
 def _settle(futures: list[asyncio.Future[bool]], error: Exception) -> None:
@@ -203,16 +274,15 @@ class IntakeServer:
 
     def __init__(self, engine: Engine, enqueue: Callable[[list[int]], None]):
         self._engine = engine
-        self._insert = (insert_for(engine, InboundRow).on_conflict_do_nothing()
-                        .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
-        self._waiting: list[tuple[asyncio.StreamWriter, int, list[InboundMessage]]] = []
+        self._insert = insert_on_sqlite if engine.dialect.name == "sqlite" else insert_with_core
+        self._waiting: list[tuple[asyncio.Transport, int, list[InboundMessage]]] = []
         self._storer: asyncio.Task | None = None
         self._enqueuer = Enqueuer(enqueue)
 
     async def serve(self, path: Path, stopping: asyncio.Event) -> None:
         try:
             path.unlink(missing_ok=True)
-            server = await asyncio.start_unix_server(self._connection, path)
+            server = await asyncio.get_running_loop().create_unix_server(lambda: WebProcessConnection(self), path)
             path.chmod(0o600)  # only our own user's processes may hand us messages
             log.info("intake listening on %s", path)
             async with server:
@@ -222,19 +292,11 @@ class IntakeServer:
         finally:
             self._enqueuer.close()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                frame_id, rows = await read_frame(reader)
-                self._waiting.append((writer, frame_id, [from_row(row) for row in rows]))
-                if self._storer is None or self._storer.done():
-                    self._storer = asyncio.create_task(self._store_waiting())
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the web process went away; it reconnects
-        except ValueError:
-            log.exception("a malformed frame: dropping the connection")
-        finally:
-            writer.close()
+    def take(self, transport: asyncio.Transport, frame_id: int, messages: list[InboundMessage]) -> None:
+        """A web process's frame: stored with everything else that arrives before the next store."""
+        self._waiting.append((transport, frame_id, messages))
+        if self._storer is None or self._storer.done():
+            self._storer = asyncio.create_task(self._store_waiting())
 
     async def _store_waiting(self) -> None:
         frames, self._waiting = self._waiting, []
@@ -245,24 +307,75 @@ class IntakeServer:
             log.exception("storing %d inbound messages failed", len(messages))
             stored = None
         answered: set[tuple[str, str]] = set()  # a message twice in the group is new only once
-        for writer, frame_id, batch in frames:
+        answers: dict[asyncio.Transport, list[bytes]] = {}  # one write per web process
+        for transport, frame_id, batch in frames:
             outcomes = None if stored is None else [_first_time(m, stored, answered) for m in batch]
-            if not writer.is_closing():
-                writer.write(encode_frame([frame_id, outcomes]))
+            answers.setdefault(transport, []).append(encode_frame([frame_id, outcomes]))
+        for transport, encoded in answers.items():
+            if not transport.is_closing():
+                transport.write(b"".join(encoded))
         if stored:
             self._enqueuer.add(list(stored.values()))
 
     def _store(self, messages: list[InboundMessage]) -> dict[tuple[str, str], int]:
         """Insert the new ones in one transaction; (channel, provider id) → row id of those new."""
-        now = utcnow()
-        values = [{"channel": m.channel, "provider_id": m.provider_id, "sender": m.sender, "text": m.text,
-                   "media": list(m.media), "kind": m.kind, "payload": m.payload, "received_at": now}
-                  for m in messages]
-        # One cached statement run as executemany: SQLAlchemy batches it into multi-row INSERTs;
-        # a key already stored (or twice in the batch) is skipped and returns no row.
         with self._engine.begin() as connection:
-            rows = connection.execute(self._insert, values).all()
-        return {(row.channel, row.provider_id): row.id for row in rows}
+            rows = self._insert(connection, messages, utcnow())
+        return {(channel, provider_id): row_id for row_id, channel, provider_id in rows}
+
+
+# Both inserts skip a key already stored (or twice in the batch): it returns no (id, channel, provider id).
+COLUMNS = ("channel", "provider_id", "sender", "text", "media", "kind", "payload", "received_at")
+SQLITE_ROWS_PER_INSERT = 1000  # 8 parameters a row, within SQLite's 32,766
+
+
+def insert_with_core(connection: Connection, messages: list[InboundMessage], now: datetime
+                     ) -> list[tuple[int, str, str]]:
+    """Any database: one cached statement run as executemany, batched by SQLAlchemy into multi-row INSERTs."""
+    values = [dict(zip(COLUMNS, (m.channel, m.provider_id, m.sender, m.text, list(m.media), m.kind, m.payload,
+                                 now), strict=True)) for m in messages]
+    return [tuple(row) for row in connection.execute(_core_insert(connection.engine), values)]
+
+
+def insert_on_sqlite(connection: Connection, messages: list[InboundMessage], now: datetime
+                     ) -> list[tuple[int, str, str]]:
+    """SQLite: the same multi-row INSERT, its values bound straight through the driver.
+
+    This is the gateway's hottest statement, and SQLAlchemy's handling of every row's parameters
+    costs about as much as SQLite's insert itself. The values are converted by the columns' own
+    SQLAlchemy types, so what is stored is exactly what `insert_with_core` stores (tested).
+    """
+    media_json, payload_json = _bind_processor(connection, "media"), _bind_processor(connection, "payload")
+    received_at = _bind_processor(connection, "received_at")(now)
+    cursor = connection.connection.cursor()  # the driver's cursor, inside this transaction
+    rows = []
+    for start in range(0, len(messages), SQLITE_ROWS_PER_INSERT):
+        chunk = messages[start:start + SQLITE_ROWS_PER_INSERT]
+        values = [value for m in chunk for value in (m.channel, m.provider_id, m.sender, m.text,
+                                                      media_json(list(m.media)), m.kind, payload_json(m.payload),
+                                                      received_at)]
+        rows += cursor.execute(_sqlite_insert(len(chunk)), values).fetchall()
+    cursor.close()
+    return rows
+
+
+def _bind_processor(connection: Connection, column: str) -> Callable[[Any], Any]:
+    """How SQLAlchemy converts a value of this column for the connection's driver."""
+    kind = InboundRow.__table__.c[column].type.dialect_impl(connection.dialect)
+    return kind.bind_processor(connection.dialect) or (lambda value: value)
+
+
+@functools.lru_cache(maxsize=4)
+def _core_insert(engine: Engine) -> Executable:
+    return (insert_for(engine, InboundRow).on_conflict_do_nothing()
+            .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_insert(count: int) -> str:
+    one_row = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+    return (f"INSERT INTO {InboundRow.__tablename__} ({', '.join(COLUMNS)}) VALUES {', '.join([one_row] * count)}"
+            " ON CONFLICT DO NOTHING RETURNING id, channel, provider_id")
 
 
 def _first_time(message: InboundMessage, stored: dict[tuple[str, str], int], answered: set[tuple[str, str]]
@@ -271,6 +384,26 @@ def _first_time(message: InboundMessage, stored: dict[tuple[str, str], int], ans
     is_new = key in stored and key not in answered
     answered.add(key)
     return is_new
+
+
+class WebProcessConnection(asyncio.Protocol):
+    """One web process's connection: its frames go to the server as they arrive."""
+
+    def __init__(self, server: IntakeServer):
+        self._server = server
+        self._frames = FrameReader()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for frame_id, rows in self._frames.feed(data):
+                self._server.take(self._transport, frame_id, [from_row(row) for row in rows])
+        except (ValueError, TypeError):
+            log.exception("a malformed frame: dropping the connection")  # the web process reconnects
+            self._transport.close()
 
 
 class Enqueuer:

@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import func, select
 
 from adapters import InboundMessage
-from gateway.intake import Intake, IntakeServer, StoreUnavailable
-from gateway.store import InboundRow, make_engine, migrate, session_factory
+from gateway import intake as intake_module
+from gateway.intake import Intake, IntakeServer, StoreUnavailable, insert_on_sqlite, insert_with_core
+from gateway.store import InboundRow, make_engine, migrate, session_factory, utcnow
 from tests.conftest import wait_for
 from tests.twilio_client import inbound_form, post
 
@@ -97,6 +98,33 @@ def test_a_message_that_cannot_be_handed_over_fails_at_once_and_alone(tmp_path):
     assert good is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-good"]
 
 
+def test_the_sqlite_insert_stores_exactly_what_the_portable_one_stores(tmp_path, monkeypatch):
+    monkeypatch.setattr(intake_module, "SQLITE_ROWS_PER_INSERT", 7)  # several statements in one group
+    first = [message(f"SM{n:032d}", text=f"第{n}条 🚧 \"quoted\" 'single' \\ end") for n in range(20)]
+    first[3] = InboundMessage("telegram-resident", "42:7", "tg:42", "", (), "contact", {"phone": "+8617199100001"})
+    again = first[5:9] + [message("SM-new"), message("SM-new"), message("SM-last")]
+    now = utcnow()
+    outcomes = {}
+    for insert in (insert_with_core, insert_on_sqlite):
+        engine = make_engine(f"sqlite:///{tmp_path / insert.__name__}.db")
+        migrate(engine)
+        with engine.begin() as connection:
+            stored_first = insert(connection, first, now)
+        with engine.begin() as connection:
+            stored_again = insert(connection, again, now)
+        with session_factory(engine)() as session:
+            rows = [(r.id, r.channel, r.provider_id, r.sender, r.text, r.media, r.kind, r.payload, r.received_at,
+                     r.processed_at) for r in session.scalars(select(InboundRow).order_by(InboundRow.id))]
+        with engine.connect() as connection:  # and the very text in the file, JSON and timestamps included
+            stored_text = connection.exec_driver_sql("SELECT * FROM inbound_messages ORDER BY id").all()
+        outcomes[insert.__name__] = (sorted(stored_first), sorted(stored_again), rows, stored_text)
+        engine.dispose()
+    core, sqlite = outcomes["insert_with_core"], outcomes["insert_on_sqlite"]
+    assert sqlite == core
+    assert len(core[0]) == 20 and [provider_id for _, _, provider_id in core[1]] == ["SM-new", "SM-last"]
+    assert core[2][3][7] == {"phone": "+8617199100001"} and core[2][0][8] == now
+
+
 def test_no_intake_process_is_a_clear_error_not_a_hang(tmp_path):
     async def work() -> float:
         intake = Intake(tmp_path / "nobody.sock", make_engine(f"sqlite:///{tmp_path / 'x.db'}"), timeout=1)
@@ -109,6 +137,33 @@ def test_no_intake_process_is_a_clear_error_not_a_hang(tmp_path):
             await intake.close()
 
     assert asyncio.run(work()) < 5  # answered within its timeout, well inside Twilio's 15 s
+
+
+def test_an_intake_that_never_answers_fails_its_callers_at_the_deadline(tmp_path):
+    """It takes the frames and says nothing: every caller hears StoreUnavailable once its timeout
+    is up, even those whose frames are still held back because the socket stopped draining."""
+    async def work() -> tuple[list[object], float]:
+        async def silent(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)  # reads one byte and then nothing: the socket buffer fills up
+            await asyncio.sleep(60)
+
+        server = await asyncio.start_unix_server(silent, tmp_path / "silent.sock")
+        intake = Intake(tmp_path / "silent.sock", make_engine(f"sqlite:///{tmp_path / 'x.db'}"), timeout=1)
+        started = time.monotonic()
+        calls = []
+        for turn in range(40):  # one frame a turn, 64 KiB each: more than the socket takes
+            calls += [asyncio.create_task(intake.store(message(f"SM-{turn}-{n}", text="长" * 2000)))
+                      for n in range(8)]
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        elapsed = time.monotonic() - started
+        await intake.close()
+        server.close()
+        return outcomes, elapsed
+
+    outcomes, elapsed = asyncio.run(work())
+    assert {type(outcome) for outcome in outcomes} == {StoreUnavailable} and len(outcomes) == 320
+    assert elapsed < 3
 
 
 def intake_pid(stack) -> int | None:
