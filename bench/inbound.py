@@ -196,6 +196,8 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while Worker.count(connection=redis) < args.workers and time.monotonic() < deadline:
             time.sleep(0.1)
+        if Worker.count(connection=redis) < args.workers:
+            print(f"warning: only {Worker.count(connection=redis)} of {args.workers} workers ready after 60 s")
         mode = "workers running" if args.live else "workers suspended"
         print(f"gateway: signed appeals, {args.connections} connections, {args.seconds} s, {mode} ...",
               flush=True)

@@ -15,6 +15,7 @@ case. If the intake process is away, `store` raises and the provider hears 503 a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -33,7 +34,6 @@ from typing import Any, TypeVar
 from rq import Queue
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
 
 from adapters import InboundMessage
 from gateway import jobs
@@ -95,17 +95,18 @@ class StoreUnavailable(Exception):
     """The intake process could not store a message; the provider should retry."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Batch:
     """The messages stored in one turn of a web process's event loop: one frame, one deadline."""
 
     frame: bytes
     frame_id: int
     futures: list[asyncio.Future[bool]]
-    deadline: asyncio.TimerHandle
+    deadline: asyncio.TimerHandle | None = None
 
     def fail(self, error: Exception) -> None:
-        self.deadline.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         _settle(self.futures, error)
 
 
@@ -124,6 +125,7 @@ class Intake:
         self._frame_ids = itertools.count()
         self._connection: IntakeConnection | None = None
         self._connecting: asyncio.Task | None = None
+        self._closed = False
         self._sessions = session_factory(engine)
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
 
@@ -149,17 +151,27 @@ class Intake:
         frame_id = next(self._frame_ids)
         try:
             frame = encode_frame([frame_id, [as_row(message) for message, _ in waiting]])
-        except ValueError as bad:
-            log.warning("cannot hand %d messages to the intake process: %s", len(waiting), bad)
+        except Exception as bad:  # a lone surrogate in a Telegram text, say: its callers hear it now
+            log.warning("cannot hand %d messages to the intake process: %r", len(waiting), bad)
             _settle(futures, StoreUnavailable(str(bad)))
             return
-        deadline = asyncio.get_running_loop().call_later(
-            self._timeout, _settle, futures,
-            StoreUnavailable(f"no answer from the intake process in {self._timeout:.0f} s"))
-        self._unsent.append(Batch(frame, frame_id, futures, deadline))
+        batch = Batch(frame, frame_id, futures)
+        batch.deadline = asyncio.get_running_loop().call_later(self._timeout, self._expire, batch)
+        self._unsent.append(batch)
         self._send_unsent()
 
+    def _expire(self, batch: Batch) -> None:
+        """Its callers hear 503 and the provider retries; a batch not sent yet is not sent at all."""
+        if batch in self._unsent:
+            self._unsent.remove(batch)
+        _settle(batch.futures, StoreUnavailable(f"no answer from the intake process in {self._timeout:.0f} s"))
+
     def _send_unsent(self) -> None:
+        if self._closed:
+            unsent, self._unsent = self._unsent, []
+            for batch in unsent:
+                batch.fail(StoreUnavailable("the web process is stopping"))
+            return
         connection = self._connection
         if connection is None or connection.lost:
             if self._connecting is None or self._connecting.done():
@@ -186,9 +198,12 @@ class Intake:
             for batch in unsent:
                 batch.fail(StoreUnavailable(repr(error)))
             return
+        self._connecting = None  # if the connection is already gone, the next send opens another
         self._send_unsent()
 
     async def close(self) -> None:
+        self._closed = True
+        self._send_unsent()  # fails what was not sent
         if self._connecting is not None:
             self._connecting.cancel()
         if self._connection is not None:
@@ -220,19 +235,19 @@ class IntakeConnection(asyncio.Protocol):
             frames = self._frames.feed(data)
         except ValueError as bad:
             log.warning("a malformed answer from the intake process: %s", bad)
-            self._transport.close()
+            self._transport.abort()  # connection_lost fails what is in flight
             return
         for frame_id, outcomes in frames:
             batch = self._in_flight.pop(frame_id, None)
             if batch is None:
                 continue
-            if outcomes is None:
+            if not (isinstance(outcomes, list) and len(outcomes) == len(batch.futures)):
                 batch.fail(StoreUnavailable("the intake process could not store them"))
                 continue
             batch.deadline.cancel()
             for future, is_new in zip(batch.futures, outcomes, strict=True):
-                if not future.done():  # a caller that timed out or hung up has a cancelled future
-                    future.set_result(is_new)
+                if not future.done():  # its caller timed out or hung up
+                    future.set_result(bool(is_new))
 
     def connection_lost(self, error: Exception | None) -> None:
         """Whatever it did not answer, the providers retry."""
@@ -334,7 +349,9 @@ def insert_with_core(connection: Connection, messages: list[InboundMessage], now
     """Any database: one cached statement run as executemany, batched by SQLAlchemy into multi-row INSERTs."""
     values = [dict(zip(COLUMNS, (m.channel, m.provider_id, m.sender, m.text, list(m.media), m.kind, m.payload,
                                  now), strict=True)) for m in messages]
-    return [tuple(row) for row in connection.execute(_core_insert(connection.engine), values)]
+    statement = (insert_for(connection.engine, InboundRow).on_conflict_do_nothing()
+                 .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
+    return [tuple(row) for row in connection.execute(statement, values)]
 
 
 def insert_on_sqlite(connection: Connection, messages: list[InboundMessage], now: datetime
@@ -347,15 +364,16 @@ def insert_on_sqlite(connection: Connection, messages: list[InboundMessage], now
     """
     media_json, payload_json = _bind_processor(connection, "media"), _bind_processor(connection, "payload")
     received_at = _bind_processor(connection, "received_at")(now)
-    cursor = connection.connection.cursor()  # the driver's cursor, inside this transaction
     rows = []
-    for start in range(0, len(messages), SQLITE_ROWS_PER_INSERT):
-        chunk = messages[start:start + SQLITE_ROWS_PER_INSERT]
-        values = [value for m in chunk for value in (m.channel, m.provider_id, m.sender, m.text,
-                                                      media_json(list(m.media)), m.kind, payload_json(m.payload),
-                                                      received_at)]
-        rows += cursor.execute(_sqlite_insert(len(chunk)), values).fetchall()
-    cursor.close()
+    # The driver's cursor on the transaction's own connection: pysqlite opens the transaction
+    # before an INSERT by itself, and `engine.begin()` commits or rolls it back as usual.
+    with contextlib.closing(connection.connection.cursor()) as cursor:
+        for start in range(0, len(messages), SQLITE_ROWS_PER_INSERT):
+            chunk = messages[start:start + SQLITE_ROWS_PER_INSERT]
+            values = [value for m in chunk for value in (m.channel, m.provider_id, m.sender, m.text,
+                                                          media_json(list(m.media)), m.kind, payload_json(m.payload),
+                                                          received_at)]
+            rows += cursor.execute(_sqlite_insert(len(chunk)), values).fetchall()
     return rows
 
 
@@ -363,12 +381,6 @@ def _bind_processor(connection: Connection, column: str) -> Callable[[Any], Any]
     """How SQLAlchemy converts a value of this column for the connection's driver."""
     kind = InboundRow.__table__.c[column].type.dialect_impl(connection.dialect)
     return kind.bind_processor(connection.dialect) or (lambda value: value)
-
-
-@functools.lru_cache(maxsize=4)
-def _core_insert(engine: Engine) -> Executable:
-    return (insert_for(engine, InboundRow).on_conflict_do_nothing()
-            .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
 
 
 @functools.lru_cache(maxsize=256)

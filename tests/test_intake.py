@@ -17,7 +17,15 @@ from sqlalchemy import func, select
 
 from adapters import InboundMessage
 from gateway import intake as intake_module
-from gateway.intake import Intake, IntakeServer, StoreUnavailable, insert_on_sqlite, insert_with_core
+from gateway.intake import (
+    FrameReader,
+    Intake,
+    IntakeServer,
+    StoreUnavailable,
+    encode_frame,
+    insert_on_sqlite,
+    insert_with_core,
+)
 from gateway.store import InboundRow, make_engine, migrate, session_factory, utcnow
 from tests.conftest import wait_for
 from tests.twilio_client import inbound_form, post
@@ -164,6 +172,29 @@ def test_an_intake_that_never_answers_fails_its_callers_at_the_deadline(tmp_path
     outcomes, elapsed = asyncio.run(work())
     assert {type(outcome) for outcome in outcomes} == {StoreUnavailable} and len(outcomes) == 320
     assert elapsed < 3
+
+
+def test_an_answer_that_does_not_fit_its_frame_fails_its_callers_at_once(tmp_path):
+    async def work() -> tuple[list[object], float]:
+        async def confused(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            frames = FrameReader()
+            while not (got := frames.feed(await reader.read(65536))):
+                pass
+            writer.write(encode_frame([got[0][0], [True]]))  # one outcome for a frame of three
+
+        server = await asyncio.start_unix_server(confused, tmp_path / "confused.sock")
+        intake = Intake(tmp_path / "confused.sock", make_engine(f"sqlite:///{tmp_path / 'x.db'}"), timeout=10)
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(intake.store(message(f"SM-{n}")) for n in range(3)),
+                                        return_exceptions=True)
+        elapsed = time.monotonic() - started
+        await intake.close()
+        server.close()
+        return outcomes, elapsed
+
+    outcomes, elapsed = asyncio.run(work())
+    assert [type(outcome) for outcome in outcomes] == [StoreUnavailable] * 3
+    assert elapsed < 2  # not at the 10 s deadline
 
 
 def intake_pid(stack) -> int | None:
