@@ -164,13 +164,11 @@ class Intake:
         """Its callers hear 503 and the provider retries; a batch not sent yet is not sent at all."""
         if batch in self._unsent:
             self._unsent.remove(batch)
-        _settle(batch.futures, StoreUnavailable(f"no answer from the intake process in {self._timeout:.0f} s"))
+        batch.fail(StoreUnavailable(f"no answer from the intake process in {self._timeout:.0f} s"))
 
     def _send_unsent(self) -> None:
         if self._closed:
-            unsent, self._unsent = self._unsent, []
-            for batch in unsent:
-                batch.fail(StoreUnavailable("the web process is stopping"))
+            self._fail_unsent(StoreUnavailable("the web process is stopping"))
             return
         connection = self._connection
         if connection is None or connection.lost:
@@ -179,6 +177,11 @@ class Intake:
             return
         while self._unsent and not connection.paused:  # paused: the intake is slow, hold the rest here
             connection.send(self._unsent.pop(0))
+
+    def _fail_unsent(self, error: StoreUnavailable) -> None:
+        unsent, self._unsent = self._unsent, []
+        for batch in unsent:
+            batch.fail(error)
 
     async def _connect(self) -> None:
         """Open the connection, waiting a little for an intake process (re)starting."""
@@ -194,9 +197,7 @@ class Intake:
                         await asyncio.sleep(0.05)
         except OSError as error:  # TimeoutError included
             log.warning("intake process unreachable: %r", error)
-            unsent, self._unsent = self._unsent, []
-            for batch in unsent:
-                batch.fail(StoreUnavailable(repr(error)))
+            self._fail_unsent(StoreUnavailable(repr(error)))
             return
         self._connecting = None  # if the connection is already gone, the next send opens another
         self._send_unsent()
@@ -340,6 +341,7 @@ class IntakeServer:
 
 
 # Both inserts skip a key already stored (or twice in the batch): it returns no (id, channel, provider id).
+# The columns in `as_row`'s order, then the time received.
 COLUMNS = ("channel", "provider_id", "sender", "text", "media", "kind", "payload", "received_at")
 SQLITE_ROWS_PER_INSERT = 1000  # 8 parameters a row, within SQLite's 32,766
 
@@ -347,8 +349,7 @@ SQLITE_ROWS_PER_INSERT = 1000  # 8 parameters a row, within SQLite's 32,766
 def insert_with_core(connection: Connection, messages: list[InboundMessage], now: datetime
                      ) -> list[tuple[int, str, str]]:
     """Any database: one cached statement run as executemany, batched by SQLAlchemy into multi-row INSERTs."""
-    values = [dict(zip(COLUMNS, (m.channel, m.provider_id, m.sender, m.text, list(m.media), m.kind, m.payload,
-                                 now), strict=True)) for m in messages]
+    values = [dict(zip(COLUMNS, [*as_row(m), now], strict=True)) for m in messages]
     statement = (insert_for(connection.engine, InboundRow).on_conflict_do_nothing()
                  .returning(InboundRow.id, InboundRow.channel, InboundRow.provider_id))
     return [tuple(row) for row in connection.execute(statement, values)]
