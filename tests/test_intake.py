@@ -133,6 +133,16 @@ def test_the_sqlite_insert_stores_exactly_what_the_portable_one_stores(tmp_path,
     assert core[2][3][7] == {"phone": "+8617199100001"} and core[2][0][8] == now
 
 
+def test_sqlite_keeps_statement_journals_in_memory_and_checkpoints_less_often(tmp_path):
+    """Together they take a third off the intake's time per group (bench/sqlite_insert.py)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'intake.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA temp_store").scalar_one() == 2  # MEMORY
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 4000
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL: durable on commit
+    engine.dispose()
+
+
 def test_no_intake_process_is_a_clear_error_not_a_hang(tmp_path):
     async def work() -> float:
         intake = Intake(tmp_path / "nobody.sock", make_engine(f"sqlite:///{tmp_path / 'x.db'}"), timeout=1)
