@@ -52,10 +52,7 @@ class Settings:
     escalation_step_hours: float = 24.0
     rating_timeout_hours: float = 72.0  # a resolved case nobody rates closes after this
     workers: int = 2
-    # aiohttp processes sharing the port (SO_REUSEPORT). Half the cores: the intake process, the
-    # workers and Redis need the rest, and an extra web process on a 2-core machine only adds
-    # context switches (bench/inbound.py).
-    web_processes: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    web_processes: int = 2  # aiohttp processes sharing the port (SO_REUSEPORT)
     timezone: str = "Asia/Shanghai"  # residents and operators see local times
     triage_department: str = "GRID_CENTER"
     classifier_threshold: float = 0.5

@@ -106,9 +106,6 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
         "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
-        # Two web processes on any machine, so the shared port and the intake's several
-        # connections are what the tests go through (the default on 2 cores is one).
-        "GRIDLINE_WEB_PROCESSES": "2",
     })
     env.update(overrides)
     return env

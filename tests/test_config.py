@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -35,10 +34,3 @@ def test_an_unknown_setting_is_an_error(tmp_path: Path):
     (tmp_path / "gridline.toml").write_text("prot = 9000\n", encoding="utf-8")
     with pytest.raises(ValueError, match="prot"):
         load_settings({"GRIDLINE_CONFIG_DIR": str(tmp_path)})
-
-
-@pytest.mark.parametrize(("cores", "web_processes"), [(8, 4), (2, 1), (1, 1), (None, 1)])
-def test_web_processes_default_to_half_the_cores(monkeypatch, cores, web_processes):
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
-    assert load_settings({}).web_processes == web_processes
-    assert load_settings({"GRIDLINE_WEB_PROCESSES": "3"}).web_processes == 3
