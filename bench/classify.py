@@ -29,7 +29,7 @@ import time
 started = time.perf_counter()
 from pathlib import Path
 from classifiers import build_classifier
-from gateway.city import load_city
+from gateway.domain.city import load_city
 from gateway.config import Settings
 settings = Settings(config_dir=Path({config!r}))
 classifier = build_classifier(load_city(settings.city_dir), settings)
@@ -51,8 +51,8 @@ def throughput(config: Path, seconds: float) -> tuple[float, int]:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     sys.path.insert(0, str(ROOT))
     from classifiers import build_classifier
-    from gateway.city import load_city
     from gateway.config import Settings
+    from gateway.domain.city import load_city
 
     settings = Settings(config_dir=config)
     classifier = build_classifier(load_city(settings.city_dir), settings)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from classifiers import Classification, build_classifier
-from gateway.city import load_city
 from gateway.config import Settings
+from gateway.domain.city import load_city
 
 FIELDS = ("category", "appeal_type", "department", "grid")
 CONFUSED_PAIRS = 5
