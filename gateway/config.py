@@ -12,10 +12,6 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
-SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
-SANDBOX_TELEGRAM_TOKENS = ("1000000001:sandbox-residents-bot", "1000000002:sandbox-workers-bot")
-
 
 @dataclass(frozen=True)
 class RoutingOverride:
@@ -47,6 +43,28 @@ class Settings:
     telegram_webhook_secret: str = "sandbox-webhook-secret"  # echoed in X-Telegram-Bot-Api-Secret-Token
     telegram_sandbox_port: int = 8090
     telegram_polling: bool = False  # local development: poll getUpdates instead of a webhook
+    default_region: str = "CN"  # phone numbers written without a country code are read in this region
+    # The generic HTTP channel (adapters/http_api: its Config documents each; empty: its default).
+    # Enabled when http_secret is set; without http_send_url it talks to its loopback sandbox.
+    http_secret: str = ""
+    http_send_url: str = ""
+    http_send_format: str = ""
+    http_send_body: str = ""
+    http_send_authorization: str = ""
+    http_response_id_field: str = ""
+    http_signature_header: str = ""
+    http_sender_field: str = ""
+    http_text_field: str = ""
+    http_id_field: str = ""
+    http_status_id_field: str = ""
+    http_status_field: str = ""
+    http_status_reference_field: str = ""
+    http_status_error_field: str = ""
+    http_status_map: str = ""
+    http_phone_senders: str = ""
+    http_rate_limit: str = ""
+    http_max_length: str = ""
+    http_sandbox_port: str = ""
     # Deadlines: a reminder this long before the holder's deadline; each escalation step's time.
     reminder_hours: float = 4.0
     escalation_step_hours: float = 24.0
@@ -92,6 +110,8 @@ class Settings:
     @property
     def twilio_credentials(self) -> tuple[str, str]:
         if self.sandbox:
+            from adapters.twilio_sms import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN  # twilio takes ~0.7 s to import
+
             return SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN
         return self.twilio_account_sid, self.twilio_auth_token
 
@@ -103,7 +123,9 @@ class Settings:
     def telegram_tokens(self) -> dict[str, str]:
         """Bot name → token; the sandbox's made-up tokens when none are configured."""
         if self.telegram_sandbox:
-            return {"resident": SANDBOX_TELEGRAM_TOKENS[0], "worker": SANDBOX_TELEGRAM_TOKENS[1]}
+            from adapters.telegram import SANDBOX_TOKENS  # python-telegram-bot takes ~0.7 s to import
+
+            return {"resident": SANDBOX_TOKENS[0], "worker": SANDBOX_TOKENS[1]}
         return {"resident": self.telegram_resident_token, "worker": self.telegram_worker_token}
 
     @property

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway.config import SANDBOX_TELEGRAM_TOKENS
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
 from gateway.store import CaseRow, ContactRow, OutboxRow
 from tests.conftest import http_json, wait_for
 from tests.test_sms_flow import CASE_NUMBER, CITY, SMS_PATH, db

@@ -12,6 +12,7 @@ Control API (JSON, no auth, loopback only). `{bot}` is the bot's token:
 
     GET  /_sandbox/{bot}/messages?chat_id=42   messages the bot sent (as since edited), oldest first
     GET  /_sandbox/{bot}/callbacks?chat_id=42  injected button presses and the bot's answers to them
+    GET  /_sandbox/{bot}/requests              the last 1,000 sending calls as they came (method, params)
     POST /_sandbox/{bot}/updates  {...}        a user writes or presses a button: see below
     POST /_sandbox/faults   {"status": 429, "retry_after": 1, "count": 2}   the next 2 sending calls fail
                             {"status": 500, "count": 1}
@@ -67,8 +68,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.twilio_sms.sandbox import LoopbackServer, start_site
-from gateway.logs import setup_logging
+from adapters.twilio_sms.sandbox import LoopbackServer, setup_logging, start_site
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ MAX_TEXT = 4096  # UTF-16 code units in one message
 MAX_CALLBACK_DATA = 64  # bytes
 MAX_CALLBACK_ANSWER = 200  # characters
 MAX_UPDATES = 100  # per getUpdates call
+RECORDED_REQUESTS = 1000  # sending calls kept per bot for /_sandbox/{bot}/requests
 WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=5)
 UPDATE_TYPES = frozenset({
     "message", "edited_message", "channel_post", "edited_channel_post", "business_connection",
@@ -137,6 +138,10 @@ class _Params:
             values.update((name, value) for name, value in (await request.post()).items()
                           if isinstance(value, str))  # file parts: no method here takes one
         return cls(values)
+
+    def raw(self) -> dict[str, Any]:
+        """The parameters as posted (strings from a form, typed values from JSON)."""
+        return dict(self._values)
 
     def integer(self, name: str, *, required: bool = False) -> int | None:
         value = self._values.get(name)
@@ -230,6 +235,8 @@ class _Bot:
     webhook: _Webhook | None = None
     allowed_updates: tuple[str, ...] = ()  # empty: every type
     sent_at: deque[float] = field(default_factory=deque)  # monotonic times of recent sending calls
+    # The last sending calls as they came: method, content type and parameters as posted.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECORDED_REQUESTS))
     chat_sent_at: defaultdict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     def chat(self, chat_id: int) -> dict[str, Any]:
@@ -238,7 +245,7 @@ class _Bot:
     def forget(self) -> None:
         """Back to a fresh bot; ids keep counting up so stale ones never match again."""
         for collection in (self.chats, self.sent, self.by_id, self.callbacks, self.updates, self.sent_at,
-                           self.chat_sent_at):
+                           self.chat_sent_at, self.requests):
             collection.clear()
         self.webhook = None
         self.allowed_updates = ()
@@ -286,6 +293,7 @@ class FakeTelegram:
         app.router.add_route("*", "/bot{token}/{method}", self.api)
         app.router.add_get("/_sandbox/{bot}/messages", self.sent_messages)
         app.router.add_get("/_sandbox/{bot}/callbacks", self.callback_queries)
+        app.router.add_get("/_sandbox/{bot}/requests", self.recorded_requests)
         app.router.add_post("/_sandbox/{bot}/updates", self.inject_update)
         app.router.add_post("/_sandbox/faults", self.add_faults)
         app.router.add_post("/_sandbox/blocked", self.block)
@@ -310,10 +318,14 @@ class FakeTelegram:
             return _ApiError(404, "Not Found").response()
         handler, sending = method
         try:
+            params = await _Params.read(request)
+            if sending:
+                bot.requests.append({"method": request.method, "api_method": request.match_info["method"],
+                                     "content_type": request.content_type, "params": params.raw()})
             if sending and self._faults:
                 status, retry_after = self._faults.popleft()
                 raise _flood(retry_after or 1) if status == 429 else _ApiError(status, HTTPStatus(status).phrase)
-            result = await handler(bot, await _Params.read(request))
+            result = await handler(bot, params)
         except _ApiError as error:
             return error.response()
         return web.json_response({"ok": True, "result": result})
@@ -586,6 +598,10 @@ class FakeTelegram:
         bot, chat_id = self._bot_and_chat(request)
         return web.json_response({"messages": [m for m in bot.sent
                                                 if chat_id is None or m["chat"]["id"] == chat_id]})
+
+    async def recorded_requests(self, request: web.Request) -> web.Response:
+        bot, _ = self._bot_and_chat(request)
+        return web.json_response({"requests": list(bot.requests)})
 
     async def callback_queries(self, request: web.Request) -> web.Response:
         bot, chat_id = self._bot_and_chat(request)
