@@ -7,34 +7,32 @@ happen in rq workers, so a provider is answered in milliseconds however busy the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
-from multidict import MultiDict
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from adapters import InboundError, InboundMessage, telegram, twilio_sms
+from adapters import Channel, DeliveryStatus, InboundError, InboundMessage, Request, Route
 from broadcasts import api as broadcast_api
 from gateway.config import Settings
-from gateway.delivery import outbox
+from gateway.delivery import outbox, registry
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
-from gateway.world import BOTS
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS = web.AppKey("settings", Settings)
 INTAKE = web.AppKey("intake", Intake)
 CITY = web.AppKey("city", City)
 SESSIONS = web.AppKey("sessions", sessionmaker)
+CHANNELS = web.AppKey("channels", dict)
 
 
 @web.middleware
@@ -56,24 +54,6 @@ async def read_body(request: web.Request) -> bytes:
         raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
 
 
-async def read_form(request: web.Request) -> MultiDict[str]:
-    """The url-encoded body, decoded strictly: a bad byte is the sender's error, not ours."""
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise InboundError(415, "expected application/x-www-form-urlencoded")
-    body = await read_body(request)
-    return twilio_sms.parse_form(body)
-
-
-async def twilio_verified_form(request: web.Request) -> MultiDict[str]:
-    settings = request.app[SETTINGS]
-    form = await read_form(request)
-    url = settings.base_url + request.path_qs
-    _, auth_token = settings.twilio_credentials
-    if not twilio_sms.verify(url, form, request.headers.get("X-Twilio-Signature"), auth_token):
-        raise InboundError(403, "X-Twilio-Signature missing or invalid")
-    return form
-
-
 async def store(request: web.Request, message: InboundMessage) -> None:
     """Persist before acknowledging; if the store is down the provider hears 503 and retries."""
     try:
@@ -82,45 +62,78 @@ async def store(request: web.Request, message: InboundMessage) -> None:
         raise InboundError(503, "store unavailable, retry later") from error
 
 
-async def twilio_inbound_sms(request: web.Request) -> web.Response:
-    await store(request, twilio_sms.parse_inbound(await twilio_verified_form(request)))
-    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+class StatusWriter:
+    """Delivery reports, applied on the web process's store thread: the reports that arrive while
+    one transaction commits share the next (group commit), as providers post them by the thousand
+    during a broadcast."""
+
+    def __init__(self, intake: Intake):
+        self._intake = intake
+        self._waiting: list[tuple[DeliveryStatus, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task | None = None
+
+    async def apply(self, report: DeliveryStatus) -> bool:
+        """True when the report matched a delivery of ours."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((report, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            reports = [report for report, _ in batch]
+            try:
+                found = await self._intake.run(
+                    lambda session, reports=reports: [
+                        outbox.apply_status(session, r.delivery_id, r.provider_id, r.status, r.error_code)
+                        for r in reports])
+            except Exception as error:  # the store is down: the provider hears 503 and retries
+                log.exception("storing %d delivery reports failed", len(batch))
+                results: list[bool | Exception] = [error] * len(batch)
+            else:
+                results = list(found)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # a caller that hung up has a cancelled future
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
-async def telegram_update(request: web.Request) -> web.Response:
-    """Either bot's webhook: secret checked first, stored before the 200, retries deduplicated."""
-    settings = request.app[SETTINGS]
-    channel = BOTS.get(request.match_info["bot"])
-    if channel is None:
-        raise InboundError(404, "no such bot")
-    if not telegram.verify(request.headers.get("X-Telegram-Bot-Api-Secret-Token"),
-                           settings.telegram_webhook_secret):
-        raise InboundError(403, "X-Telegram-Bot-Api-Secret-Token missing or invalid")
-    body = await read_body(request)
+STATUSES = web.AppKey("statuses", StatusWriter)
+
+
+def webhook(channel: Channel, route: Route) -> Handler:
+    """The one webhook handler, for every route of every channel: read the body (64 KiB at most),
+    verify the call, parse it, and store it (messages through the intake process, delivery reports
+    on the store thread) before answering what the provider expects."""
+    async def handle(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        call = Request(request.app[SETTINGS].base_url + request.path_qs, request.path, request.headers,
+                       request.query, body)
+        channel.verify(call)
+        if route.kind == "inbound":
+            messages = channel.parse_inbound(call)
+            await asyncio.gather(*(store(request, message) for message in messages))
+        else:
+            await apply_statuses(request, channel.parse_status(call))
+        answer = channel.answer(route)
+        return web.Response(text=answer.body, content_type=answer.content_type, status=answer.status)
+
+    return handle
+
+
+async def apply_statuses(request: web.Request, reports: list[DeliveryStatus]) -> None:
     try:
-        update = json.loads(body)
-    except ValueError as bad:  # JSONDecodeError and UnicodeDecodeError both
-        raise InboundError(400, f"body is not JSON: {bad}") from bad
-    message = telegram.parse_inbound(update)
-    if message is not None:  # updates we do not handle are acknowledged and dropped
-        await store(request, replace(message, channel=channel))
-    return web.json_response({"ok": True})
-
-
-async def twilio_status(request: web.Request) -> web.Response:
-    report = twilio_sms.parse_status(await twilio_verified_form(request))
-    outbox_id = request.query.get("outbox")
-    if outbox_id is not None and not outbox_id.isdigit():
-        raise InboundError(400, "outbox must be a row id")
-    try:
-        found = await request.app[INTAKE].run(
-            lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
-                                                report.provider_id, report.status, report.error_code))
+        found = await asyncio.gather(*(request.app[STATUSES].apply(report) for report in reports))
     except Exception as error:
         raise InboundError(503, "store unavailable, retry later") from error
-    if not found:
-        log.warning("delivery report for unknown message %s", report.provider_id)
-    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+    for status, matched in zip(reports, found, strict=True):
+        if not matched:
+            log.warning("delivery report for unknown message %s", status.provider_id)
 
 
 # --- operator API ---------------------------------------------------------------------------
@@ -213,9 +226,10 @@ def create_app(settings: Settings) -> web.Application:
 
     app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
-    app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
-    app.router.add_post("/webhooks/twilio/status", twilio_status)
-    app.router.add_post("/webhooks/telegram/{bot}", telegram_update)
+    app[STATUSES], app[CHANNELS] = StatusWriter(intake), registry.build_channels(settings)
+    for channel in app[CHANNELS].values():
+        for route in channel.routes():
+            app.router.add_post(route.path, webhook(channel, route))
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)
     app.router.add_get("/api/report", api_report)

@@ -22,7 +22,7 @@ from gateway.domain.city import City
 from gateway.domain.intents import Intent, parse_intent
 from gateway.logs import mask
 from gateway.store import CaseAttachmentRow, CaseRow, ContactRow, InboundRow, OutboxRow, insert_for, utcnow
-from gateway.world import RESIDENT_BOT, SMS, WORKER_BOT, World
+from gateway.world import RESIDENT_BOT, WORKER_BOT, World
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
         failed: dict[int, str] = {}
         for row in pending:
             try:
-                understood[row.id] = understand(world, row, resident_phone(session, row))
+                understood[row.id] = understand(world, row, resident_phone(session, row, world))
             except Exception as error:  # one unreadable message must not block the batch behind it
                 log.exception("understanding inbound %s from %s failed", row.id, mask(row.sender))
                 failed[row.id] = f"{type(error).__name__}: {error}"
@@ -82,8 +82,10 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
     return outbox_ids
 
 
-def resident_phone(session: Session, inbound: InboundRow) -> str | None:
-    if inbound.channel == SMS:
+def resident_phone(session: Session, inbound: InboundRow, world: World) -> str | None:
+    """The sender's phone: the sender itself on a channel of phone numbers (SMS, an HTTP SMS
+    gateway), the number a chat shared on the residents' bot."""
+    if inbound.channel in world.phone_channels:
         return inbound.sender
     if inbound.channel == RESIDENT_BOT:
         return session.scalar(select(ContactRow.phone).where(ContactRow.channel == RESIDENT_BOT,

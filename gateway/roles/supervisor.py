@@ -1,7 +1,7 @@
 """`gridline up`: one command runs the whole embedded deployment and keeps it running.
 
 It prepares the store (migrations, first-start city import), starts a private redis-server when
-no Redis URL is configured, the loopback Twilio sandbox when no Twilio account is, the rq
+no Redis URL is configured, each channel's loopback sandbox when no account is configured, the rq
 workers, the sweeper and the web gateway; restarts any child that dies; and on Ctrl-C or
 SIGTERM stops them all, web first and Redis last, so no accepted message is cut off mid-way.
 """
@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
+from gateway.delivery import registry
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
@@ -47,10 +49,11 @@ class Child:
     args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the supervisor's environment
 
     def start(self, env: dict[str, str]) -> None:
         # Its own session: Ctrl-C reaches only the supervisor, which stops children in order.
-        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env={**env, **self.env},
                                         start_new_session=True)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -85,13 +88,8 @@ class Supervisor:
         if self.redis:
             self.settings = replace(self.settings, redis_url=self.redis.start())
             log.info("private redis-server on %s", self.redis.socket)
-        if self.settings.sandbox and not self.settings.twilio_api_base:
-            self.children.append(Child("twilio-sandbox", "adapters.twilio_sms.sandbox",
-                                       ("--port", str(self.settings.sandbox_port))))
-        if self.settings.telegram_sandbox and not self.settings.telegram_api_base:
-            tokens = [arg for token in self.settings.telegram_tokens.values() for arg in ("--token", token)]
-            self.children.append(Child("telegram-sandbox", "adapters.telegram.sandbox",
-                                       ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
+        # The loopback fakes of channels with no account or URL configured (the channel registry says).
+        self.children += [Child(s.name, s.module, s.args, env=s.env) for s in registry.sandboxes(self.settings)]
         self.children += [Child(f"worker-{n}", "gateway.roles.worker") for n in range(self.settings.workers)]
         # The intake first: the web processes hand it every inbound message, so it stops after them.
         self.children += [Child("sweeper", "gateway.roles.sweeper"), Child("intake", "gateway.roles.intake")]
