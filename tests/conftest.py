@@ -105,6 +105,8 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
         "GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(CONFIG),
         "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()),
+        # The generic HTTP channel, against its sandbox (tests/test_http_flow.py).
+        "GRIDLINE_HTTP_SECRET": "test-http-secret", "GRIDLINE_HTTP_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
     })
     env.update(overrides)
