@@ -83,17 +83,10 @@ class StatusWriter:
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            reports = [report for report, _ in batch]
-            try:
-                found = await self._intake.run(
-                    lambda session, reports=reports: [
-                        outbox.apply_status(session, r.delivery_id, r.provider_id, r.status, r.error_code)
-                        for r in reports])
-            except Exception as error:  # the store is down: the provider hears 503 and retries
-                log.exception("storing %d delivery reports failed", len(batch))
-                results: list[bool | Exception] = [error] * len(batch)
-            else:
-                results = list(found)
+            results = await self._apply([report for report, _ in batch])
+            if any(isinstance(result, Exception) for result in results) and len(batch) > 1:
+                # One report that cannot be stored must not fail its neighbours: each on its own.
+                results = [(await self._apply([report]))[0] for report, _ in batch]
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # a caller that hung up has a cancelled future
                     continue
@@ -101,6 +94,16 @@ class StatusWriter:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    async def _apply(self, reports: list[DeliveryStatus]) -> list[bool | Exception]:
+        """Whether each report matched, in one transaction; the error for all when it failed."""
+        try:
+            return await self._intake.run(lambda session: [
+                outbox.apply_status(session, r.delivery_id, r.provider_id, r.status, r.error_code)
+                for r in reports])
+        except Exception as error:  # the store is down, or a bug: the provider hears 503 and retries
+            log.exception("storing %d delivery report(s) failed", len(reports))
+            return [error] * len(reports)
 
 
 STATUSES = web.AppKey("statuses", StatusWriter)
