@@ -10,8 +10,8 @@ or may not have it: reconcile with `find_sent` before sending again). `limits` s
 provider lets us send. Each package also ships a `sandbox` module: a fake of the provider's API on
 loopback, for tests and for running without an account.
 
-Nothing here imports the gateway: `adapters.registry` builds the channels from the gateway's
-settings, and the gateway mounts their routes and drives their sending.
+Nothing here imports the gateway: the gateway's channel registry (gateway.delivery.channels) builds
+the channels from its settings, mounts their routes and sends through them.
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ class Channel(ABC):
 
     name: str  # "sms", "telegram-resident", ...: the channel a message came in or goes out on
     limits: Limits = Limits()
+    lists_sent = False  # can `find_sent` tell "not sent" apart from "cannot tell"?
     # Its addresses are phone numbers (E.164): an SMS channel's sender is the resident's phone.
     phone_addresses: bool = False
 

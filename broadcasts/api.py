@@ -8,9 +8,6 @@
     GET  /api/broadcasts/{id}/preview
     POST /api/broadcasts/{id}/send             {"send_at": "2026-07-01T09:00"} optional (local time)
     POST /api/broadcasts/{id}/pause|resume|cancel
-
-Delivery reports of broadcast messages come in on their channel's status route, like every other
-delivery report (gateway.app).
 """
 
 from __future__ import annotations
@@ -189,8 +186,7 @@ def add_routes(app: web.Application) -> None:
     city = app[gateway.CITY]
     app[HANDLERS] = Handlers(
         app[gateway.SETTINGS], app[gateway.SESSIONS],
-        GridTree({code: grid.parent_code for code, grid in city.grids.items()}),
-        gateway.current_operator)
+        GridTree({code: grid.parent_code for code, grid in city.grids.items()}), gateway.current_operator)
     app.router.add_get("/api/broadcasts", api_list)
     app.router.add_post("/api/broadcasts", api_create)
     app.router.add_post("/api/broadcasts/preview", api_preview)

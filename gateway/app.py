@@ -18,7 +18,8 @@ from sqlalchemy.orm import sessionmaker
 from adapters import Channel, DeliveryStatus, InboundError, InboundMessage, Request, Route
 from broadcasts import api as broadcast_api
 from gateway.config import Settings
-from gateway.delivery import outbox, registry
+from gateway.delivery import channels
+from gateway.delivery.reports import ReportWriter
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
 from gateway.roles.intake import Intake, socket_path
@@ -32,6 +33,7 @@ SETTINGS = web.AppKey("settings", Settings)
 INTAKE = web.AppKey("intake", Intake)
 CITY = web.AppKey("city", City)
 SESSIONS = web.AppKey("sessions", sessionmaker)
+REPORTS = web.AppKey("reports", ReportWriter)
 CHANNELS = web.AppKey("channels", dict)
 
 
@@ -62,53 +64,6 @@ async def store(request: web.Request, message: InboundMessage) -> None:
         raise InboundError(503, "store unavailable, retry later") from error
 
 
-class StatusWriter:
-    """Delivery reports, applied on the web process's store thread: the reports that arrive while
-    one transaction commits share the next (group commit), as providers post them by the thousand
-    during a broadcast."""
-
-    def __init__(self, intake: Intake):
-        self._intake = intake
-        self._waiting: list[tuple[DeliveryStatus, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task | None = None
-
-    async def apply(self, report: DeliveryStatus) -> bool:
-        """True when the report matched a delivery of ours."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((report, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            results = await self._apply([report for report, _ in batch])
-            if any(isinstance(result, Exception) for result in results) and len(batch) > 1:
-                # One report that cannot be stored must not fail its neighbours: each on its own.
-                results = [(await self._apply([report]))[0] for report, _ in batch]
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():  # a caller that hung up has a cancelled future
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-    async def _apply(self, reports: list[DeliveryStatus]) -> list[bool | Exception]:
-        """Whether each report matched, in one transaction; the error for all when it failed."""
-        try:
-            return await self._intake.run(lambda session: [
-                outbox.apply_status(session, r.delivery_id, r.provider_id, r.status, r.error_code)
-                for r in reports])
-        except Exception as error:  # the store is down, or a bug: the provider hears 503 and retries
-            log.exception("storing %d delivery report(s) failed", len(reports))
-            return [error] * len(reports)
-
-
-STATUSES = web.AppKey("statuses", StatusWriter)
-
-
 def webhook(channel: Channel, route: Route) -> Handler:
     """The one webhook handler, for every route of every channel: read the body (64 KiB at most),
     verify the call, parse it, and store it (messages through the intake process, delivery reports
@@ -130,13 +85,11 @@ def webhook(channel: Channel, route: Route) -> Handler:
 
 
 async def apply_statuses(request: web.Request, reports: list[DeliveryStatus]) -> None:
+    """Each report moves its delivery forward only, once stored (group-committed with others)."""
     try:
-        found = await asyncio.gather(*(request.app[STATUSES].apply(report) for report in reports))
+        await asyncio.gather(*(request.app[REPORTS].store(report) for report in reports))
     except Exception as error:
         raise InboundError(503, "store unavailable, retry later") from error
-    for status, matched in zip(reports, found, strict=True):
-        if not matched:
-            log.warning("delivery report for unknown message %s", status.provider_id)
 
 
 # --- operator API ---------------------------------------------------------------------------
@@ -229,7 +182,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
-    app[STATUSES], app[CHANNELS] = StatusWriter(intake), registry.build_channels(settings)
+    app[REPORTS], app[CHANNELS] = ReportWriter(intake.run), channels.build_channels(settings)
     for channel in app[CHANNELS].values():
         for route in channel.routes():
             app.router.add_post(route.path, webhook(channel, route))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from classifiers import Classifier
 from gateway.config import Settings
-from gateway.delivery.registry import build_channels
+from gateway.delivery.channels import build_channels
 from gateway.domain.city import City
 
 SMS = "sms"

@@ -9,7 +9,7 @@ import urllib.parse
 
 from sqlalchemy import create_engine, func, select
 
-from gateway.store import CaseRow, InboundRow, OutboxRow
+from gateway.store import CaseRow, DeliveryRow, InboundRow
 from tests.conftest import http_json, wait_for
 
 CASE_NUMBER = re.compile(r"(?<!\d)(\d{10})(?!\d)")
@@ -46,10 +46,10 @@ def test_an_appeal_in_through_the_http_gateway_is_acknowledged_there_and_its_rep
     assert scalar(stack, select(CaseRow.channel).where(CaseRow.number == number)) == "http"
     assert scalar(stack, select(CaseRow.reporter).where(CaseRow.number == number)) == phone
     # The sandbox reports "sent" then "delivered" for it, echoing our delivery id.
-    wait_for(lambda: scalar(stack, select(OutboxRow.state).where(OutboxRow.recipient == phone,
-                                                                 OutboxRow.channel == "http")) == "delivered",
+    wait_for(lambda: scalar(stack, select(DeliveryRow.state).where(DeliveryRow.recipient == phone,
+                                                                 DeliveryRow.channel == "http")) == "delivered",
              what="the delivery report applied")
-    assert scalar(stack, select(OutboxRow.provider_id).where(OutboxRow.recipient == phone)) == ack["id"]
+    assert scalar(stack, select(DeliveryRow.provider_id).where(DeliveryRow.recipient == phone)) == ack["id"]
 
 
 def test_a_resident_asks_for_status_on_the_same_channel(stack):

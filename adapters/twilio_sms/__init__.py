@@ -182,12 +182,13 @@ STATUS_ORDER: Mapping[str, int] = MappingProxyType({
     "canceled": 5,  # a scheduled message called off
     "read": 6,
 })
+
+
 # Twilio's statuses in the one delivery vocabulary (adapters.DELIVERY_STATES): the only place
 # Twilio's words are translated.
-STATES: Mapping[str, str] = MappingProxyType({
+DELIVERY_STATE: Mapping[str, str] = MappingProxyType({
     "scheduled": "sending", "accepted": "sending", "queued": "sending", "sending": "sending",
-    "sent": "sent", "partially_delivered": "sent",
-    "delivered": "delivered", "read": "delivered",
+    "sent": "sent", "partially_delivered": "sent", "delivered": "delivered", "read": "delivered",
     "undelivered": "undelivered", "failed": "failed", "canceled": "failed",
 })
 
@@ -213,9 +214,9 @@ def parse_status(params: Mapping[str, str], delivery: int | None = None) -> Deli
     status = params.get("MessageStatus") or params.get("SmsStatus")
     if not status:
         raise InboundError(400, "missing MessageStatus")
-    if status not in STATES:
+    if status not in DELIVERY_STATE:
         raise InboundError(400, f"unknown MessageStatus {status!r}")
-    return DeliveryStatus(provider_id=provider_id, status=STATES[status],
+    return DeliveryStatus(provider_id=provider_id, status=DELIVERY_STATE[status],
                           error_code=params.get("ErrorCode") or None, delivery_id=delivery)
 
 
@@ -319,6 +320,7 @@ class TwilioSms(Channel):
 
     name = "sms"
     phone_addresses = True
+    lists_sent = True
 
     def __init__(self, account_sid: str, auth_token: str, from_number: str, api_base: str,
                  status_url: str | None, *, rate: float = 0.0, unit: str = "messages", concurrency: int = 50,

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
-from gateway.delivery import registry
+from gateway.delivery import channels
+from gateway.delivery.channels import build_channels
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
@@ -33,7 +34,7 @@ def prepare_store(settings: Settings) -> None:
     """Migrate the database and, on first start, import the city from the config folder."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    migrate(engine, settings.sms_signature)
     sessions = session_factory(engine)
     with sessions() as session, session.begin():
         if not city_imported(session):
@@ -89,8 +90,11 @@ class Supervisor:
             self.settings = replace(self.settings, redis_url=self.redis.start())
             log.info("private redis-server on %s", self.redis.socket)
         # The loopback fakes of channels with no account or URL configured (the channel registry says).
-        self.children += [Child(s.name, s.module, s.args, env=s.env) for s in registry.sandboxes(self.settings)]
+        self.children += [Child(s.name, s.module, s.args, env=s.env) for s in channels.sandboxes(self.settings)]
         self.children += [Child(f"worker-{n}", "gateway.roles.worker") for n in range(self.settings.workers)]
+        # One sender per channel: a lane held to its provider's limit never delays another.
+        self.children += [Child(f"sender-{name}", "gateway.roles.sender", (name,))
+                          for name in build_channels(self.settings)]
         # The intake first: the web processes hand it every inbound message, so it stops after them.
         self.children += [Child("sweeper", "gateway.roles.sweeper"), Child("intake", "gateway.roles.intake")]
         self.children += [Child(f"web-{n}", "gateway.roles.web") for n in range(self.settings.web_processes)]
