@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,10 +138,9 @@ class Request:
     Twilio's cover it. `headers` must look names up case-insensitively (a CIMultiDict).
     """
 
-    def __init__(self, url: str, path: str, headers: Mapping[str, str], query: Mapping[str, str],
-                 body: bytes, content_type: str = ""):
+    def __init__(self, url: str, path: str, headers: Mapping[str, str], query: Mapping[str, str], body: bytes):
         self.url, self.path, self.headers, self.query, self.body = url, path, headers, query, body
-        self.content_type = content_type or headers.get("Content-Type", "").split(";")[0].strip().lower()
+        self.content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
 
     @functools.cached_property
     def form(self) -> Mapping[str, str]:
@@ -180,14 +180,27 @@ def parse_form(body: bytes) -> MultiDict[str]:
     return form
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json(body: bytes) -> Any:
-    """A JSON body, or InboundError(400) saying why not (bad UTF-8 and deep nesting included)."""
+    """A JSON body, or InboundError(400) saying why not (bad UTF-8 and deep nesting included).
+
+    JSON may escape a lone UTF-16 surrogate ("\\ud800"), which decodes to a string no UTF-8 store
+    or frame can hold: such a body is refused here, so it fails alone instead of in a later batch.
+    """
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except RecursionError as deep:  # thousands of "[": the decoder recurses once per level
         raise InboundError(400, "body is not JSON: nested too deep") from deep
     except ValueError as bad:  # JSONDecodeError and UnicodeDecodeError both
         raise InboundError(400, f"body is not JSON: {bad}") from bad
+    if _SURROGATE_ESCAPE.search(body):  # rare: emoji escaped as pairs also land here, and pass
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as lone:
+            raise InboundError(400, "body holds a lone UTF-16 surrogate, which is not text") from lone
+    return value
 
 
 RouteKind = Literal["inbound", "status"]

@@ -292,6 +292,11 @@ CALLS = [
     ("not UTF-8", call(b'{"update_id": 1, "message": "\xff"}'),
      (400, "body is not JSON: 'utf-8' codec can't decode byte 0xff in position 29: invalid start byte")),
     ("nested 30,000 deep", call(b"[" * 30_000 + b"]" * 30_000), (400, "body is not JSON: nested too deep")),
+    ("a lone surrogate in the text", call(json.dumps(update(message=message(text="路灯\ud800坏了"))).encode()),
+     (400, "body holds a lone UTF-16 surrogate, which is not text")),
+    ("an emoji escaped as a surrogate pair", call(json.dumps(update(message=message(text="垃圾😡"))).encode()),
+     (200, [InboundMessage(channel="telegram-resident", provider_id="861204117", sender=str(RESIDENT_ID),
+                           text="垃圾😡", payload={"language": "zh-hans"})])),
     # Shared contacts: international digits without "+", or a local number read in the city's region.
     ("own number, international without +", call(contact("8613800138000")), (200, shared("+8613800138000"))),
     ("a foreign number, international without +", call(contact("79001234567")), (200, shared("+79001234567"))),
