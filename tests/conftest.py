@@ -105,8 +105,6 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
         "GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(CONFIG),
         "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()),
-        # The generic HTTP channel, against its sandbox (tests/test_http_flow.py).
-        "GRIDLINE_HTTP_SECRET": "test-http-secret", "GRIDLINE_HTTP_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
     })
     env.update(overrides)
@@ -116,7 +114,8 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("gridline-home")
-    env = stack_environment(home)
+    # The shared stack also runs the generic HTTP channel against its sandbox (tests/test_http_flow.py).
+    env = stack_environment(home, GRIDLINE_HTTP_SECRET="test-http-secret", GRIDLINE_HTTP_SANDBOX_PORT=str(free_port()))
     log_path = home / "gridline.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], env=env, cwd=ROOT,
