@@ -284,7 +284,9 @@ class HttpChannel(Channel):
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT),
                                                   trust_env=not is_loopback(self._config.endpoint))
         try:
-            async with self._session.post(self._config.endpoint, data=body, headers=headers) as response:
+            # A redirect is not an accepted message: it fails like any other 3xx.
+            async with self._session.post(self._config.endpoint, data=body, headers=headers,
+                                          allow_redirects=False) as response:
                 answer = await response.read()
                 status, retry_after = response.status, response.headers.get("Retry-After", "")
         except aiohttp.ClientConnectorError as error:  # never connected: nothing was sent
