@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, replace
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
-from gateway.delivery import channels
-from gateway.delivery.channels import build_channels
+from gateway.delivery.channels import build_channels, sandboxes
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
@@ -90,7 +89,7 @@ class Supervisor:
             self.settings = replace(self.settings, redis_url=self.redis.start())
             log.info("private redis-server on %s", self.redis.socket)
         # The loopback fakes of channels with no account or URL configured (the channel registry says).
-        self.children += [Child(s.name, s.module, s.args, env=s.env) for s in channels.sandboxes(self.settings)]
+        self.children += [Child(s.name, s.module, s.args, env=s.env) for s in sandboxes(self.settings)]
         self.children += [Child(f"worker-{n}", "gateway.roles.worker") for n in range(self.settings.workers)]
         # One sender per channel: a lane held to its provider's limit never delays another.
         self.children += [Child(f"sender-{name}", "gateway.roles.sender", (name,))
