@@ -90,8 +90,8 @@ class Config:
     status_field: str = "status"
     status_reference_field: str = "reference"  # our delivery id, if the provider echoes it
     status_error_field: str = "error"
-    status_map: str = "queued:sending,sending:sending,sent:sent,delivered:delivered,undelivered:undelivered," \
-                      "failed:failed,rejected:failed,expired:undelivered"
+    status_map: str = ("queued:sending,sending:sending,sent:sent,delivered:delivered,undelivered:undelivered,"
+                       "failed:failed,rejected:failed,expired:undelivered")  # their word:ours, ...
     phone_senders: bool = True  # senders are phone numbers (an SMS gateway); False: an app's user ids
     rate_limit: float = 0.0  # messages per second; 0: no limit
     max_length: int = 0  # characters in one message; 0: no limit
