@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from adapters import SendError
-from adapters.telegram import TelegramClient
+from adapters.telegram import WEBHOOK_PATH, TelegramClient
 from gateway.config import Settings
 from gateway.delivery.channels import build_channels, sandboxes
 from gateway.domain.city import load_city
@@ -113,7 +113,7 @@ class Supervisor:
             with TelegramClient(token, s.telegram_base) as client:
                 for attempt in range(50):  # the sandbox may still be starting
                     try:
-                        client.set_webhook(f"{s.base_url}/webhooks/telegram/{bot}", s.telegram_webhook_secret)
+                        client.set_webhook(s.base_url + WEBHOOK_PATH.format(bot=bot), s.telegram_webhook_secret)
                         break
                     except SendError:
                         if attempt == 49:
