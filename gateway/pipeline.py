@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers import Classification
 from gateway.delivery import outbox
+from gateway.delivery.channels import phone_channels
 from gateway.delivery.outbox import queue_message
 from gateway.domain import cases, replies, workflow
 from gateway.domain.city import City
@@ -86,7 +87,7 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
 def resident_phone(session: Session, inbound: InboundRow, world: World) -> str | None:
     """The sender's phone: the sender itself on a channel of phone numbers (SMS, an HTTP SMS
     gateway), the number a chat shared on the residents' bot."""
-    if inbound.channel in world.phone_channels:
+    if inbound.channel in phone_channels(world.settings):
         return inbound.sender
     if inbound.channel == RESIDENT_BOT:
         return session.scalar(select(ContactRow.phone).where(ContactRow.channel == RESIDENT_BOT,

@@ -3,12 +3,10 @@ names of the channels messages come and go on."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from classifiers import Classifier
 from gateway.config import Settings
-from gateway.delivery.channels import build_channels
 from gateway.domain.city import City
 
 SMS = "sms"
@@ -24,8 +22,3 @@ class World:
     settings: Settings
     city: City
     classifier: Classifier
-
-    @functools.cached_property
-    def phone_channels(self) -> frozenset[str]:
-        """The channels whose addresses are phone numbers, as the channel registry configures them."""
-        return frozenset(name for name, channel in build_channels(self.settings).items() if channel.phone_addresses)

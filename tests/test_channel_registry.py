@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings, load_settings
-from gateway.delivery.channels import REGISTRY, build_channels, sandboxes
+from gateway.delivery.channels import REGISTRY, build_channels, phone_channels, sandboxes
 
 ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
 
@@ -22,13 +22,15 @@ def test_every_channel_and_route_from_the_default_settings() -> None:
     assert sorted(routes) == [("/webhooks/telegram/resident", "inbound"), ("/webhooks/telegram/worker", "inbound"),
                               ("/webhooks/twilio/broadcast-status", "status"), ("/webhooks/twilio/sms", "inbound"),
                               ("/webhooks/twilio/status", "status")]
-    assert {name for name, channel in channels.items() if channel.phone_addresses} == {"sms"}
+    assert phone_channels(Settings()) == {"sms"}
     assert [s.name for s in sandboxes(Settings())] == ["twilio-sandbox", "telegram-sandbox"]
 
 
 def test_the_http_channel_is_on_when_its_secret_is_set_and_its_sandbox_only_without_a_url() -> None:
     on = load_settings({"GRIDLINE_HTTP_SECRET": "s", "GRIDLINE_HTTP_SANDBOX_PORT": "9191"})
     http = build_channels(on)["http"]
+    assert phone_channels(on) == {"sms", "http"}
+    assert phone_channels(replace(on, http_phone_senders="0")) == {"sms"}  # an app whose users are not phones
     assert [(r.path, r.kind) for r in http.routes()] == [("/webhooks/http/inbound", "inbound"),
                                                          ("/webhooks/http/status", "status")]
     [sandbox] = [s for s in sandboxes(on) if s.name == "http-sandbox"]

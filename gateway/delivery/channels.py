@@ -11,6 +11,7 @@ REGISTRY.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -80,6 +81,13 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
                 raise ValueError(f"two channels are named {channel.name!r}")
             built[channel.name] = channel
     return built
+
+
+@functools.lru_cache(maxsize=4)
+def phone_channels(settings: Settings) -> frozenset[str]:
+    """The channels whose addresses are phone numbers (SMS, an HTTP SMS gateway): a message's sender
+    there is the resident's phone."""
+    return frozenset(name for name, channel in build_channels(settings).items() if channel.phone_addresses)
 
 
 def sandboxes(settings: Settings) -> list[Sandbox]:
