@@ -26,7 +26,7 @@ from gateway.config import SANDBOX_TELEGRAM_TOKENS, load_settings
 from gateway.queues import INBOUND_QUEUE, PrivateRedis, connect
 from gateway.roles import jobs
 from gateway.roles.intake import Intake, IntakeServer
-from gateway.roles.supervisor import Backoff, Child
+from gateway.roles.supervisor import ROLES, Backoff, Child, StartRefused, check_roles, parse_roles
 from gateway.roles.sweeper import Duty, duties, sweep_once
 from gateway.store import CaseRow, InboundRow, OutboxRow, make_engine, migrate, utcnow
 from tests.conftest import ROOT, Stack, free_port, sandbox_process, stack_environment, wait_for
@@ -148,13 +148,28 @@ def gridline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ("web", "unix:///nowhere.sock", "the web role hands messages to an intake on the same host"),
     ("worker,cook", "unix:///nowhere.sock", "unknown role(s) cook"),
     ("all,web", "", "--role all already includes every role"),
+    (" , ", "", "--role needs at least one of"),
 ])
-def test_a_role_set_that_cannot_run_is_one_line_and_exit_2_touching_nothing(tmp_path, role, redis_url, reason):
+def test_a_role_set_that_cannot_run_is_refused_with_its_reason(role, redis_url, reason):
+    settings = load_settings({"GRIDLINE_REDIS_URL": redis_url})
+    with pytest.raises(StartRefused) as refused:
+        check_roles(settings, parse_roles(role))
+    assert str(refused.value).startswith(reason)
+
+
+def test_roles_that_can_run():
+    redis = load_settings({"GRIDLINE_REDIS_URL": "unix:///somewhere.sock"})
+    assert parse_roles("all") == parse_roles("web,intake,worker,sweeper") == frozenset(ROLES)
+    assert parse_roles(" worker , sweeper ") == {"worker", "sweeper"}
+    check_roles(redis, parse_roles("web,intake"))
+    check_roles(load_settings({}), parse_roles("all"))  # the one role set that may start a private Redis
+
+
+def test_a_refused_gridline_up_is_one_line_and_exit_2_touching_nothing(tmp_path):
     home = tmp_path / "home"
-    env = stack_environment(home, GRIDLINE_REDIS_URL=redis_url)
-    refused = gridline(env, "up", "--role", role)
+    refused = gridline(stack_environment(home), "up", "--role", "worker")
     assert refused.returncode == 2
-    assert refused.stderr.startswith(reason) and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr == "only --role all starts a private Redis: set GRIDLINE_REDIS_URL to run worker\n"
     assert not home.exists()
 
 
