@@ -254,7 +254,11 @@ class Supervisor:
                 self.register_webhooks()
 
     def register_webhooks(self) -> None:
-        """Point both bots at our webhooks, with the secret Telegram must echo back."""
+        """Point both bots at our webhooks, with the secret Telegram must echo back.
+
+        Telegram keeps a webhook once set, so a failure here (Telegram or its sandbox unreachable)
+        is logged loudly and the stack keeps running rather than stopping.
+        """
         s = self.settings
         for bot, token in s.telegram_tokens.items():
             with TelegramClient(token, s.telegram_base) as client:
@@ -262,31 +266,39 @@ class Supervisor:
                     try:
                         client.set_webhook(f"{s.base_url}/webhooks/telegram/{bot}", s.telegram_webhook_secret)
                         break
-                    except SendError:
-                        if attempt == 49:
-                            raise
+                    except SendError as error:
+                        if attempt == 49 or self.stopping:
+                            log.error("could not set the %s bot's webhook (%s); its updates arrive only once "
+                                      "it is set: restart gridline up", bot, error)
+                            break
+                        self.watch_once()
                         time.sleep(0.2)
 
-    def wait_until_ready(self, timeout: float = 30.0) -> None:
+    def wait_until_ready(self, warn_after: float = 30.0) -> None:
+        """Wait for the web processes to answer, restarting children meanwhile; say so if it takes long."""
         url = f"http://{self.settings.host}:{self.settings.port}/healthz"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stopping:
+        warn_at = time.monotonic() + warn_after
+        while not self.stopping:
             try:
                 with urllib.request.urlopen(url, timeout=1):
                     return
             except OSError:
+                if warn_at and time.monotonic() > warn_at:
+                    log.error("the gateway does not answer on %s after %.0f s; still trying", url, warn_after)
+                    warn_at = 0.0
+                self.watch_once()
                 time.sleep(0.2)
-        if not self.stopping:
-            raise RuntimeError(f"the gateway did not answer on {url}")
+
+    def watch_once(self) -> None:
+        now, env = time.monotonic(), self.child_environment()
+        for child in self.children:
+            if not self.stopping:
+                child.check(env, now)
 
     def watch(self) -> None:
         """Restart every child that dies, with backoff, until asked to stop: never give up on one."""
-        env = self.child_environment()
         while not self.stopping:
-            now = time.monotonic()
-            for child in self.children:
-                if not self.stopping:
-                    child.check(env, now)
+            self.watch_once()
             time.sleep(0.2)
 
     def stop(self) -> None:
