@@ -26,7 +26,16 @@ from gateway.config import SANDBOX_TELEGRAM_TOKENS, load_settings
 from gateway.queues import INBOUND_QUEUE, PrivateRedis, connect
 from gateway.roles import jobs
 from gateway.roles.intake import Intake, IntakeServer
-from gateway.roles.supervisor import ROLES, Backoff, Child, StartRefused, check_roles, parse_roles
+from gateway.roles.supervisor import (
+    ROLES,
+    Backoff,
+    Child,
+    StartRefused,
+    Supervisor,
+    check_roles,
+    lock_home,
+    parse_roles,
+)
 from gateway.roles.sweeper import Duty, duties, sweep_once
 from gateway.store import CaseRow, InboundRow, OutboxRow, make_engine, migrate, utcnow
 from tests.conftest import ROOT, Stack, free_port, sandbox_process, stack_environment, wait_for
@@ -171,6 +180,30 @@ def test_a_refused_gridline_up_is_one_line_and_exit_2_touching_nothing(tmp_path)
     assert refused.returncode == 2
     assert refused.stderr == "only --role all starts a private Redis: set GRIDLINE_REDIS_URL to run worker\n"
     assert not home.exists()
+
+
+def test_the_home_lock_names_its_holder_and_is_free_once_released(tmp_path):
+    home = tmp_path / "home"
+    held = lock_home(home)
+    with pytest.raises(StartRefused, match=rf"^already running \(pid {os.getpid()}\)$"):
+        lock_home(home)
+    held.close()  # as when the holder exits, even by kill -9: the kernel drops a flock with its file
+    lock_home(home).close()
+    assert stat.S_IMODE((home / "gridline.lock").stat().st_mode) & 0o077 == 0
+
+
+def test_each_role_brings_only_its_children_and_they_stop_web_first_redis_last(tmp_path):
+    settings = load_settings({"GRIDLINE_HOME": str(tmp_path)})
+
+    def names(roles: str, settings=settings) -> list[str]:
+        return [child.name for child in Supervisor(settings, parse_roles(roles)).plan()]
+
+    everything = names("all")
+    assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", "sweeper", "intake",
+                          "web-0", "web-1"]  # Supervisor.stop goes through them backwards
+    external = load_settings({"GRIDLINE_HOME": str(tmp_path), "GRIDLINE_REDIS_URL": "unix:///elsewhere.sock"})
+    assert names("worker,sweeper", external) == ["worker-0", "worker-1", "sweeper"]
+    assert names("web,intake", external) == ["intake", "web-0", "web-1"]
 
 
 @contextlib.contextmanager
