@@ -100,6 +100,7 @@ class Channel(ABC):
 
     name: str  # "sms", "telegram-resident", ...: the channel a message came in or goes out on
     limits: Limits = Limits()
+    lists_sent = False  # can `find_sent` tell "not sent" apart from "cannot tell"?
 
     def cost(self, text: str) -> float:
         """What sending `text` takes from the rate limit, in `limits.unit`."""

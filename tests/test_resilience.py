@@ -36,8 +36,8 @@ from gateway.roles.supervisor import (
     lock_home,
     parse_roles,
 )
-from gateway.roles.sweeper import Duty, duties, sweep_once
-from gateway.store import CaseRow, InboundRow, OutboxRow, make_engine, migrate, utcnow
+from gateway.roles.sweeper import DUTIES, sweep_once
+from gateway.store import CaseRow, DeliveryRow, InboundRow, make_engine, migrate, utcnow
 from tests.conftest import ROOT, Stack, free_port, sandbox_process, stack_environment, wait_for
 from tests.twilio_client import inbound_form, post
 
@@ -81,29 +81,31 @@ def test_a_child_that_keeps_dying_is_restarted_for_ever_with_one_error_per_step(
 def test_a_failing_sweeper_duty_is_logged_once_per_streak_and_stops_no_other(caplog):
     ran: list[str] = []
 
-    def unreachable(_ctx):
+    def unreachable(_ctx) -> int:
         ran.append("unreachable")
         raise ConnectionError("provider unreachable")
 
-    def fine(_ctx):
+    def fine(_ctx) -> int:
         ran.append("fine")
-        return {"fine": 1}
+        return 1
 
-    todo = [Duty("unreachable", unreachable), Duty("fine", fine)]
+    def back(_ctx) -> int:
+        return 0
+
+    failing: set[str] = set()
     with caplog.at_level(logging.INFO, logger="gateway.roles.sweeper"):
-        found = [sweep_once(None, todo) for _ in range(3)]
+        found = [sweep_once(None, (unreachable, fine), failing) for _ in range(3)]
         assert ran == ["unreachable", "fine"] * 3 and found == [{"fine": 1}] * 3
-        todo[0].run = lambda _ctx: {}
-        sweep_once(None, todo)
-        todo[0].run = unreachable
-        sweep_once(None, todo)
+        back.__name__ = "unreachable"  # the same duty, working again
+        sweep_once(None, (back, fine), failing)
+        sweep_once(None, (unreachable, fine), failing)
     lines = [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records]
-    assert lines == [("ERROR", "sweeper duty 'unreachable' failed"), ("INFO", "sweeper duty 'unreachable' works again"),
-                     ("ERROR", "sweeper duty 'unreachable' failed")]
+    assert lines == [("ERROR", "sweeper duty unreachable failed"), ("INFO", "sweeper duty unreachable works again"),
+                     ("ERROR", "sweeper duty unreachable failed")]
 
 
-def test_the_sweeper_duties_are_named():
-    assert [duty.name for duty in duties()] == ["lost inbound work", "deliveries", "deadline clock", "broadcasts"]
+def test_the_sweeper_duties_are_a_list_of_named_functions():
+    assert [duty.__name__ for duty in DUTIES] == ["lost_inbound", "lost_deliveries", "broadcasts", "clock"]
 
 
 # --- the intake while Redis is away -----------------------------------------------------------
@@ -199,10 +201,11 @@ def test_each_role_brings_only_its_children_and_they_stop_web_first_redis_last(t
         return [child.name for child in Supervisor(settings, parse_roles(roles)).plan()]
 
     everything = names("all")
-    assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", "sweeper", "intake",
-                          "web-0", "web-1"]  # Supervisor.stop goes through them backwards
+    senders = ["sender-sms", "sender-telegram-resident", "sender-telegram-worker"]
+    assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", *senders, "sweeper",
+                          "intake", "web-0", "web-1"]  # Supervisor.stop goes through them backwards
     external = load_settings({"GRIDLINE_HOME": str(tmp_path), "GRIDLINE_REDIS_URL": "unix:///elsewhere.sock"})
-    assert names("worker,sweeper", external) == ["worker-0", "worker-1", "sweeper"]
+    assert names("worker,sweeper", external) == ["worker-0", "worker-1", *senders, "sweeper"]
     assert names("web,intake", external) == ["intake", "web-0", "web-1"]
 
 
@@ -297,8 +300,8 @@ def test_kill_minus_nine_of_redis_mid_run_every_accepted_appeal_gets_one_case_an
 
     def settled() -> bool:
         with engine.connect() as connection:
-            open_rows = connection.execute(select(func.count()).select_from(OutboxRow).where(
-                OutboxRow.recipient.in_(accepted), OutboxRow.state.not_in(("sent", "delivered")))).scalar_one()
+            open_rows = connection.execute(select(func.count()).select_from(DeliveryRow).where(
+                DeliveryRow.recipient.in_(accepted), DeliveryRow.state.not_in(("sent", "delivered")))).scalar_one()
             unprocessed = connection.execute(select(func.count()).select_from(InboundRow).where(
                 InboundRow.sender.in_(accepted), InboundRow.processed_at.is_(None))).scalar_one()
         return open_rows == 0 and unprocessed == 0 and all(rstack.sent_to(phone) for phone in accepted)
@@ -330,18 +333,16 @@ def test_with_twilio_unreachable_and_a_row_stuck_in_sending_a_due_deadline_still
         case_id = wait_for(lambda: _scalar(engine, select(CaseRow.id).where(CaseRow.reporter == phone)),
                            what="the case")
         with engine.begin() as connection:  # the ack cut off mid-send long ago, and the case overdue
-            connection.execute(update(OutboxRow).where(OutboxRow.recipient == phone).values(
+            connection.execute(update(DeliveryRow).where(DeliveryRow.recipient == phone).values(
                 state="sending", updated_at=utcnow() - timedelta(minutes=5)))
             connection.execute(update(CaseRow).where(CaseRow.id == case_id).values(
                 escalate_at=utcnow() - timedelta(minutes=1)))
-        wait_for(lambda: "sweeper duty 'deliveries' failed" in stack.log_path.read_text(),
-                 what="reconciling the stuck row to fail")
+        wait_for(lambda: "on sms yet" in stack.log_path.read_text(),  # "cannot reconcile delivery N on sms yet"
+                 what="reconciling the stuck row to find Twilio unreachable")
         wait_for(lambda: _scalar(engine, select(CaseRow.state).where(CaseRow.id == case_id)) == "escalated",
                  timeout=30, what="the overdue case to escalate")
-        assert _scalar(engine, select(OutboxRow.state).where(OutboxRow.id == _first_outbox(engine, phone))) == "sending"
-        log = stack.log_path.read_text()  # once per failure streak (an outbound queue not empty ends one)
-        streaks = log.count("sweeper duty 'deliveries' failed") - log.count("sweeper duty 'deliveries' works again")
-        assert streaks in (0, 1)
+        stuck = _scalar(engine, select(DeliveryRow.state).where(DeliveryRow.id == _first_delivery(engine, phone)))
+        assert stuck == "sending"  # Twilio is still unreachable: the clock did not wait for it
         engine.dispose()
 
 
@@ -350,8 +351,8 @@ def _scalar(engine, statement):
         return connection.execute(statement).scalars().first()
 
 
-def _first_outbox(engine, phone: str) -> int:
-    return _scalar(engine, select(func.min(OutboxRow.id)).where(OutboxRow.recipient == phone))
+def _first_delivery(engine, phone: str) -> int:
+    return _scalar(engine, select(func.min(DeliveryRow.id)).where(DeliveryRow.recipient == phone))
 
 
 # --- roles on separate "hosts" ----------------------------------------------------------------

@@ -179,6 +179,14 @@ STATUS_ORDER: Mapping[str, int] = MappingProxyType({
 })
 
 
+# Twilio's statuses in the one delivery vocabulary (adapters.DELIVERY_STATES).
+DELIVERY_STATE: Mapping[str, str] = MappingProxyType({
+    "scheduled": "sending", "accepted": "sending", "queued": "sending", "sending": "sending",
+    "sent": "sent", "partially_delivered": "sent", "delivered": "delivered", "read": "delivered",
+    "undelivered": "undelivered", "failed": "failed", "canceled": "failed",
+})
+
+
 def status_rank(status: str) -> int:
     """Position of `status` in STATUS_ORDER; -1 when unknown, so any real report replaces it."""
     return STATUS_ORDER.get(status, -1)
@@ -194,7 +202,8 @@ def parse_status(params: Mapping[str, str]) -> DeliveryStatus:
         raise InboundError(400, "missing MessageStatus")
     if status not in STATUS_ORDER:
         raise InboundError(400, f"unknown MessageStatus {status!r}")
-    return DeliveryStatus(provider_id=provider_id, status=status, error_code=params.get("ErrorCode") or None)
+    return DeliveryStatus(provider_id=provider_id, status=DELIVERY_STATE[status],
+                          error_code=params.get("ErrorCode") or None)
 
 
 # --- sending --------------------------------------------------------------------------------
@@ -296,6 +305,7 @@ class TwilioSms(Channel):
     """
 
     name = "sms"
+    lists_sent = True
 
     def __init__(self, account_sid: str, auth_token: str, from_number: str, api_base: str,
                  status_url: str | None, *, rate: float = 0.0, unit: str = "messages", concurrency: int = 50):

@@ -27,6 +27,7 @@ from typing import IO
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
+from gateway.delivery.channels import build_channels
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
@@ -158,7 +159,7 @@ def prepare_store(settings: Settings) -> None:
     """Migrate the database and, on first start, import the city from the config folder."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    migrate(engine, settings.sms_signature)
     sessions = session_factory(engine)
     with sessions() as session, session.begin():
         if not city_imported(session):
@@ -221,6 +222,8 @@ class Supervisor:
                                          "--port", str(s.telegram_sandbox_port), *tokens))
         if "worker" in roles:
             children += [Child.python(f"worker-{n}", "gateway.roles.worker") for n in range(s.workers)]
+            # One sender per channel: a lane held to its provider's limit never delays another.
+            children += [Child.python(f"sender-{name}", "gateway.roles.sender", name) for name in build_channels(s)]
         if "sweeper" in roles:
             children.append(Child.python("sweeper", "gateway.roles.sweeper"))
         if "intake" in roles:  # before the web: they hand it every inbound message, so it stops after them

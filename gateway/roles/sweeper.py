@@ -1,38 +1,40 @@
 """The sweeper: makes the store, not rq, the source of truth for unfinished work.
 
-rq drops a job whose worker is killed (FACTS.md: it sits STARTED, then lands in the failed
-registry, never re-run). So every few seconds each duty below looks at the store and queues what
-is still unfinished. The duties run apart, each with its own error handling: a provider that is
-unreachable (reconciling a row stuck in `sending` asks it) or a Redis outage stops only the duties
-that need them, and every duty is tried again on the next sweep.
+rq drops a job whose worker is killed (a killed worker's job sits STARTED, then lands in the failed
+registry, never re-run). So every few seconds, when a queue has drained, anything the store still
+shows as unfinished gets a new job: unprocessed inbound messages, pending deliveries, and
+deliveries stuck in `sending`, which are first reconciled with the provider. It also starts due
+broadcasts and queues the deadline clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
 
+from adapters import Channel
+from broadcasts.fanout import BroadcastLaneRules
 from broadcasts.fanout import sweep as broadcast_sweep
-from gateway.delivery import outbox
+from gateway.delivery import lanes, outbox
+from gateway.delivery.channels import build_channels
 from gateway.logs import setup_logging
-from gateway.queues import CLOCK_QUEUE, INBOUND_QUEUE, OUTBOUND_QUEUE
+from gateway.queues import BROADCAST_QUEUE, CLOCK_QUEUE, INBOUND_QUEUE
 from gateway.roles import jobs
 from gateway.store import InboundRow, utcnow
 
 log = logging.getLogger(__name__)
-STUCK_AFTER = timedelta(seconds=60)  # a provider call never takes this long
 
 
-def lost_inbound(ctx: jobs.WorkerContext) -> dict[str, int]:
-    """Stored messages nobody processed: their job was lost with a worker, or never queued (Redis down)."""
+def lost_inbound(ctx: jobs.WorkerContext) -> int:
+    """Stored appeals whose processing job was lost."""
     if ctx.queues[INBOUND_QUEUE].count:
-        return {}
+        return 0
     stale = timedelta(seconds=ctx.settings.stale_after)
     with ctx.sessions() as session:
         ids = list(session.scalars(
@@ -40,68 +42,76 @@ def lost_inbound(ctx: jobs.WorkerContext) -> dict[str, int]:
             .where(InboundRow.processed_at.is_(None), InboundRow.received_at < utcnow() - stale)
             .order_by(InboundRow.id).limit(10 * jobs.IDS_PER_JOB)))
     jobs.enqueue_inbound(ctx.queues[INBOUND_QUEUE], ids)
-    return {"inbound": len(ids)}
+    return len(ids)
 
 
-def deliveries(ctx: jobs.WorkerContext) -> dict[str, int]:
-    """Rows stuck in `sending` (reconciled with the provider first) and pending rows whose job was lost."""
-    if ctx.queues[OUTBOUND_QUEUE].count:
-        return {}
-    stale = timedelta(seconds=ctx.settings.stale_after)
+def lost_deliveries(ctx: jobs.WorkerContext) -> int:
+    """Deliveries stuck in `sending` (reconciled with the provider first) and pending ones whose job
+    was lost, handed back to their lanes once the lanes have drained."""
+    s = ctx.settings
+    channels = build_channels(s)
+    if not outbox.lanes_idle(ctx.connection, channels):
+        return 0
+    retry = asyncio.run(_reconcile(ctx, channels))
     with ctx.sessions() as session:
-        ids = outbox.reconcile_stuck(session, ctx.senders, STUCK_AFTER)
-        ids += outbox.due_rows(session, stale)
-    for start in range(0, len(ids), jobs.IDS_PER_JOB):
-        jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + jobs.IDS_PER_JOB])
-    return {"outbox": len(ids)}
+        held = BroadcastLaneRules(s).held_now(session, utcnow())
+        retry += outbox.due(session, timedelta(seconds=s.stale_after), held)
+    outbox.enqueue(ctx.connection, retry)
+    return len(retry)
 
 
-def deadline_clock(ctx: jobs.WorkerContext) -> dict[str, int]:
-    """Queue a deadline check (reminders, escalations, rating time-outs) unless one still waits."""
+async def _reconcile(ctx: jobs.WorkerContext, channels: dict[str, Channel]) -> list[outbox.Queued]:
+    try:
+        return await lanes.reconcile(ctx.sessions, channels, timedelta(seconds=ctx.settings.broadcast_claim_timeout))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels.values()))
+
+
+def broadcasts(ctx: jobs.WorkerContext) -> int:
+    """Broadcasts due to start, fan-outs whose job was lost, broadcasts that are done."""
+    queue = ctx.queues[BROADCAST_QUEUE]
+    found = broadcast_sweep(ctx.settings, ctx.sessions, queue.count == 0,
+                            lambda broadcast_id: jobs.enqueue_fanout(queue, broadcast_id))
+    return sum(found.values())
+
+
+def clock(ctx: jobs.WorkerContext) -> int:
+    """Deadlines: reminders, escalations, rating time-outs (one check queued at a time)."""
     jobs.enqueue_tick(ctx.queues[CLOCK_QUEUE])
-    return {}
+    return 0
 
 
-def broadcasts(ctx: jobs.WorkerContext) -> dict[str, int]:
-    """Start due broadcasts; recover fan-outs and deliveries a dead worker was holding."""
-    return broadcast_sweep(ctx)
+Duty = Callable[[jobs.WorkerContext], int]  # how much lost work it found and queued again
+DUTIES: tuple[Duty, ...] = (lost_inbound, lost_deliveries, broadcasts, clock)
 
 
-@dataclass
-class Duty:
-    """One duty and whether its last run failed: its exception is logged once per failure streak."""
+def sweep_once(ctx: jobs.WorkerContext, duties: tuple[Duty, ...] = DUTIES,
+               failing: set[str] | None = None) -> dict[str, int]:
+    """Every duty, each on its own: one that fails (Twilio unreachable, say) never stops the others.
 
-    name: str
-    run: Callable[[jobs.WorkerContext], dict[str, int]]
-    failing: bool = False
-
-
-def duties() -> list[Duty]:
-    return [Duty("lost inbound work", lost_inbound), Duty("deliveries", deliveries),
-            Duty("deadline clock", deadline_clock), Duty("broadcasts", broadcasts)]
-
-
-def sweep_once(ctx: jobs.WorkerContext, todo: list[Duty]) -> dict[str, int]:
-    """Run every duty, whatever the others do; what each found, by kind."""
-    found: dict[str, int] = {}
-    for duty in todo:
+    `failing` carries the names of the duties that failed last time from sweep to sweep, so a
+    duty's exception is logged once per failure streak, not every sweep of an outage.
+    """
+    failing = set() if failing is None else failing
+    found = {}
+    for duty in duties:
+        name = duty.__name__
         try:
-            found.update(duty.run(ctx))
+            found[name] = duty(ctx)
         except Exception:
-            if not duty.failing:
-                log.exception("sweeper duty %r failed; it is tried again every sweep, the others go on", duty.name)
-            duty.failing = True
+            if name not in failing:
+                log.exception("sweeper duty %s failed; it is tried again every sweep, the others carry on", name)
+            failing.add(name)
         else:
-            if duty.failing:
-                log.info("sweeper duty %r works again", duty.name)
-            duty.failing = False
+            if name in failing:
+                log.info("sweeper duty %s works again", name)
+            failing.discard(name)
     return found
 
 
 def main() -> None:
     setup_logging()
     ctx = jobs.context()
-    todo = duties()
     running = True
 
     def stop(*_args: object) -> None:
@@ -110,8 +120,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    failing: set[str] = set()
     while running:
-        found = sweep_once(ctx, todo)
+        found = sweep_once(ctx, DUTIES, failing)
         if any(found.values()):
             log.info("re-enqueued lost work: %s", found)
         time.sleep(ctx.settings.sweep_interval)
