@@ -194,7 +194,28 @@ def test_the_home_lock_names_its_holder_and_is_free_once_released(tmp_path):
     assert stat.S_IMODE((home / "gridline.lock").stat().st_mode) & 0o077 == 0
 
 
-def test_each_role_brings_only_its_children_and_they_stop_web_first_redis_last(tmp_path):
+def test_stop_goes_web_first_then_intake_then_the_rest_and_redis_last(tmp_path):
+    log = tmp_path / "stopped"
+    program = ("import signal, sys, time\n"
+               "def stop(*_):\n"
+               "    open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); sys.exit(0)\n"
+               "signal.signal(signal.SIGTERM, stop)\n"
+               "open(sys.argv[1] + '.ready', 'a').write(sys.argv[2] + '\\n')\n"
+               "time.sleep(60)\n")
+    supervisor = Supervisor(load_settings({"GRIDLINE_HOME": str(tmp_path)}))
+    names = ["redis", "worker-0", "sweeper", "intake", "web-0", "web-1"]
+    supervisor.children = [Child(name, [sys.executable, "-c", program, str(log), name]) for name in names]
+    for child in supervisor.children:
+        child.start(dict(os.environ))
+    ready = tmp_path / "stopped.ready"
+    wait_for(lambda: ready.exists() and len(ready.read_text().split()) == len(names), what="children ready")
+    supervisor.stop()
+    order = log.read_text().split()
+    assert sorted(order[:2]) == ["web-0", "web-1"] and order[2] == "intake"
+    assert sorted(order[3:5]) == ["sweeper", "worker-0"] and order[5] == "redis"
+
+
+def test_each_role_brings_only_its_children(tmp_path):
     settings = load_settings({"GRIDLINE_HOME": str(tmp_path)})
 
     def names(roles: str, settings=settings) -> list[str]:
@@ -203,7 +224,7 @@ def test_each_role_brings_only_its_children_and_they_stop_web_first_redis_last(t
     everything = names("all")
     senders = ["sender-sms", "sender-telegram-resident", "sender-telegram-worker"]
     assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", *senders, "sweeper",
-                          "intake", "web-0", "web-1"]  # Supervisor.stop goes through them backwards
+                          "intake", "web-0", "web-1"]
     external = load_settings({"GRIDLINE_HOME": str(tmp_path), "GRIDLINE_REDIS_URL": "unix:///elsewhere.sock"})
     assert names("worker,sweeper", external) == ["worker-0", "worker-1", *senders, "sweeper"]
     assert names("web,intake", external) == ["intake", "web-0", "web-1"]

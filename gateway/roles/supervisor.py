@@ -124,15 +124,24 @@ class Child:
         log.error("%s exited with code %s; restarting it in %.1f s", self.name, self.process.returncode, delay)
         self.restart_at = now + delay
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def terminate(self) -> None:
         self.restart_at = None
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def wait(self, deadline: float) -> None:
+        """Wait for it to exit until `deadline` (monotonic), then kill it."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.terminate()
+        self.wait(time.monotonic() + timeout)
 
 
 def lock_home(home: Path) -> IO[str]:
@@ -304,10 +313,20 @@ class Supervisor:
             self.watch_once()
             time.sleep(0.2)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Web first (nothing new comes in), then the intake (it answers what the web handed it),
+        then the rest together (workers finish their job), Redis last (everyone else uses it)."""
         self.stopping = True
-        for child in reversed(self.children):
-            child.stop()
+        web = [c for c in self.children if c.name.startswith(("web-", "telegram-poller"))]
+        intake = [c for c in self.children if c.name == "intake"]
+        redis = [c for c in self.children if c.name == "redis"]
+        rest = [c for c in self.children if c not in web + intake + redis]
+        for tier in (web, intake, rest, redis):
+            for child in tier:
+                child.terminate()
+            deadline = time.monotonic() + timeout
+            for child in tier:
+                child.wait(deadline)
 
 
 def run(settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> None:
