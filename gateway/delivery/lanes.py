@@ -8,7 +8,8 @@ another job claimed first is simply not returned), sent concurrently through the
 outcome is recorded in one transaction:
 - accepted: `sent` (unless a report already moved it further);
 - retryable failure (429, 5xx, network): pending again after a backoff; waiting for our turn or for
-  Telegram's retry_after is not a failed attempt;
+  Telegram's retry_after is not a failed attempt, and a provider we cannot reach at all is waited
+  for however long it takes (backoff capped at five minutes): an outage fails nothing;
 - final failure on a chat channel: the message goes by SMS when the resident's phone is known
   (a user who blocked the bot is remembered as blocked);
 - unknown fate (`Unsure`): left `sending`, to be reconciled with the provider before anyone resends.
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 URGENT_BUDGET = 10.0  # seconds a job may wait for tokens before handing the rest back to its queue
 BULK_BUDGET = 1.0  # a broadcast job yields sooner: an acknowledgement may be waiting behind it
+# Failures that say nothing about the message: the provider's flood control, and a provider we
+# could not reach at all. They are retried until the provider answers.
+WAIT_OUT = ("rate_limited", "network")
 
 
 class BroadcastRules(Protocol):
@@ -154,7 +158,7 @@ class Lane:
             elif result.retryable:
                 # Waiting our turn (or Telegram's retry_after) is not a failed attempt.
                 attempts = row.attempts - 1 if result.code == "rate_limited" else row.attempts
-                if attempts < outbox.MAX_ATTEMPTS:
+                if attempts < outbox.MAX_ATTEMPTS or result.code in WAIT_OUT:
                     delay = max(outbox.backoff(attempts), timedelta(seconds=result.retry_after or 0))
                     retry[delay].append({"b_id": row.id, "b_error": _reason(result), "b_due": now + delay,
                                          "b_attempts": attempts})
