@@ -72,7 +72,8 @@ def test_a_child_that_keeps_dying_is_restarted_for_ever_with_one_error_per_step(
     assert delays == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
     lines = [r.getMessage() for r in caplog.records if r.name == "gridline"]
     assert lines == [f"crasher exited with code 3; restarting it in {d:.1f} s" for d in delays]
-    child.stop()
+    child.terminate()
+    child.wait(deadline=0)  # the last one may still be alive: killed
 
 
 # --- sweeper duties fail apart ----------------------------------------------------------------

@@ -3,10 +3,11 @@
 It takes an exclusive lock on its home first (a second `gridline up` on the same home is refused
 before it touches anything), prepares the store, starts a private redis-server when no Redis URL
 is configured, the loopback sandboxes when no provider accounts are, and the children of the
-roles asked for (`--role`, default `all`): rq workers, the sweeper, the intake process and the web
-processes. Every child, Redis included, is watched and restarted with exponential backoff; the
-supervisor never gives up on one, it logs each failed restart loudly and keeps trying. Ctrl-C or
-SIGTERM stops them all, web first and Redis last, so no accepted message is cut off mid-way.
+roles asked for (`--role`, default `all`): rq workers and the channels' senders, the sweeper,
+the intake process and the web processes. Every child, Redis included, is watched and restarted
+with exponential backoff; the supervisor never gives up on one, it logs each failed restart
+loudly and keeps trying. Ctrl-C or SIGTERM stops them all, web first and Redis last, so no
+accepted message is cut off mid-way.
 """
 
 from __future__ import annotations
@@ -139,10 +140,6 @@ class Child:
             self.process.kill()
             self.process.wait()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self.terminate()
-        self.wait(time.monotonic() + timeout)
-
 
 def lock_home(home: Path) -> IO[str]:
     """Hold an exclusive lock on the home for as long as the returned file stays open.
@@ -217,7 +214,7 @@ class Supervisor:
         return env
 
     def plan(self) -> list[Child]:
-        """The children in start order; they stop in the reverse order (web first, Redis last)."""
+        """The children in start order (Redis first, the web last); `stop` goes the other way."""
         s, roles, all_roles = self.settings, self.roles, self.roles == frozenset(ROLES)
         children = []
         if self.redis:
