@@ -20,10 +20,14 @@ from gateway.domain.city import CityImportError, load_city
 from gateway.logs import setup_logging
 
 
-def command_up(settings: Settings, _args: argparse.Namespace) -> int:
+def command_up(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.roles import supervisor
 
-    supervisor.run(settings)
+    try:
+        supervisor.run(settings, supervisor.parse_roles(args.role))
+    except supervisor.StartRefused as refused:
+        print(refused, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -244,8 +248,11 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--config", type=Path, help="configuration folder (default: config/)")
     commands = main.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("up", help="run the gateway, workers and (if needed) Redis and the sandbox") \
-        .set_defaults(run=command_up)
+    p = commands.add_parser("up", help="run the gateway, workers and (if needed) Redis and the sandbox")
+    p.add_argument("--role", default="all", help="all (default), or a comma-separated subset of "
+                   "web,intake,worker,sweeper to run on this host against shared GRIDLINE_DATABASE_URL "
+                   "and GRIDLINE_REDIS_URL")
+    p.set_defaults(run=command_up)
 
     p = commands.add_parser("import", help="import a city's CSV exports into the store")
     p.add_argument("folder", type=Path)

@@ -421,10 +421,12 @@ class WebProcessConnection(asyncio.Protocol):
 
 class Enqueuer:
     """Queues processing on a thread, after the providers are answered; the ids stored within
-    LINGER are queued together, as few jobs as `jobs.enqueue_inbound` makes of them."""
+    LINGER are queued together, as few jobs as `jobs.enqueue_inbound` makes of them. A failure here
+    never reaches a provider: the messages are stored, and the sweeper queues unprocessed rows."""
 
     def __init__(self, enqueue: Callable[[list[int]], None]):
         self._enqueue = enqueue
+        self._failing = False  # logged once per failure streak: an outage is not a flood of tracebacks
         self._ids: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="intake-enqueuer")
         self._thread.start()
@@ -446,8 +448,14 @@ class Enqueuer:
                 ids += more or []
             try:
                 self._enqueue(ids)
-            except Exception:  # Redis away: the rows are safe, the sweeper queues what is not
-                log.exception("enqueueing %d inbound messages failed; the sweeper will retry", len(ids))
+            except Exception:  # Redis away: the rows are stored and answered, the sweeper queues them
+                if not self._failing:
+                    log.exception("queueing stored messages failed; the sweeper queues them once Redis is back")
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("queueing stored messages works again")
+                self._failing = False
             if closing:
                 return
 

@@ -81,17 +81,31 @@ def clock(ctx: jobs.WorkerContext) -> int:
     return 0
 
 
-DUTIES: tuple[Callable[[jobs.WorkerContext], int], ...] = (lost_inbound, lost_deliveries, broadcasts, clock)
+Duty = Callable[[jobs.WorkerContext], int]  # how much lost work it found and queued again
+DUTIES: tuple[Duty, ...] = (lost_inbound, lost_deliveries, broadcasts, clock)
 
 
-def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
-    """Every duty, each on its own: one that fails (Twilio unreachable, say) never stops the others."""
+def sweep_once(ctx: jobs.WorkerContext, duties: tuple[Duty, ...] = DUTIES,
+               failing: set[str] | None = None) -> dict[str, int]:
+    """Every duty, each on its own: one that fails (Twilio unreachable, say) never stops the others.
+
+    `failing` carries the names of the duties that failed last time from sweep to sweep, so a
+    duty's exception is logged once per failure streak, not every sweep of an outage.
+    """
+    failing = set() if failing is None else failing
     found = {}
-    for duty in DUTIES:
+    for duty in duties:
+        name = duty.__name__
         try:
-            found[duty.__name__] = duty(ctx)
+            found[name] = duty(ctx)
         except Exception:
-            log.exception("sweeper duty %s failed; the others carry on", duty.__name__)
+            if name not in failing:
+                log.exception("sweeper duty %s failed; it is tried again every sweep, the others carry on", name)
+            failing.add(name)
+        else:
+            if name in failing:
+                log.info("sweeper duty %s works again", name)
+            failing.discard(name)
     return found
 
 
@@ -106,13 +120,11 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    failing: set[str] = set()
     while running:
-        try:
-            found = sweep_once(ctx)
-            if any(found.values()):
-                log.info("re-enqueued lost work: %s", found)
-        except Exception:
-            log.exception("sweep failed; trying again")
+        found = sweep_once(ctx, DUTIES, failing)
+        if any(found.values()):
+            log.info("re-enqueued lost work: %s", found)
         time.sleep(ctx.settings.sweep_interval)
 
 
