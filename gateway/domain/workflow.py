@@ -194,6 +194,34 @@ def _unit_name(city: City, case: CaseRow, level: int) -> str:
     return unit.name if unit else ""
 
 
+# --- operators' decisions (CLI, API and console alike) ----------------------------------------
+
+
+def reject(session: Session, case: CaseRow, actor: str, reason: str, now: datetime) -> list[OutboxRow]:
+    """Not the city's matter: the resident is told why, so a reason is required."""
+    if not reason.strip():
+        raise IllegalTransition(case, "rejected", "a rejection needs a reason: the resident is told why")
+    transition(session, case, "rejected", actor, reason, now)
+    return tell_resident(session, case, "rejected", reason=reason)
+
+
+def merge(session: Session, case: CaseRow, into: str, actor: str, now: datetime) -> list[OutboxRow]:
+    """A duplicate joins the case it repeats; the resident is told to follow that one, so it must
+    exist, be another case, and still be open to follow."""
+    if "merged" not in cases.TRANSITIONS[case.state]:
+        raise IllegalTransition(case, "merged")
+    if into == case.number:
+        raise IllegalTransition(case, "merged", "a case cannot be merged into itself")
+    target = session.scalar(select(CaseRow).where(CaseRow.number == into))
+    if target is None:
+        raise IllegalTransition(case, "merged", f"there is no case {into} to merge it into")
+    if target.state in cases.FINAL_STATES:
+        raise IllegalTransition(case, "merged", f"case {into} is {target.state}: there is nothing to follow there")
+    transition(session, case, "merged", actor, f"into {into}", now)
+    case.merged_into = into
+    return tell_resident(session, case, "merged", into=into)
+
+
 # --- the grid workers' bot ------------------------------------------------------------------
 
 
