@@ -40,7 +40,7 @@ LATEST = datetime(2099, 12, 31, 23, 59, 59)
 MAX_JSON_DEPTH = 32
 _JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 # NUL cannot be stored in PostgreSQL text; a lone surrogate cannot be encoded as UTF-8 anywhere.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 
@@ -99,9 +99,21 @@ def text(raw: object, name: str, max_length: int) -> str:
         raise BadValue(name, "must be a string")
     if len(raw) > max_length:
         raise BadValue(name, f"is longer than {max_length} characters")
-    if _UNSTORABLE.search(raw):
+    if UNSTORABLE.search(raw):
         raise BadValue(name, "contains a NUL or an unpaired surrogate, which cannot be stored")
     return raw
+
+
+def storable(value: Any) -> Any:
+    """`value` with every NUL and lone surrogate in its strings (lists and dicts too) made U+FFFD:
+    for a message already received, where refusing would lose the rest of what the person wrote."""
+    if isinstance(value, str):
+        return UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    return value
 
 
 def json_depth_ok(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
