@@ -31,6 +31,7 @@ class NobodyAbove(IllegalTransition):
     """An escalation with no level above the case's holder that has someone to take it."""
 
 
+ALERT_ATTACHMENTS = 5  # listed in a task alert; with the excerpt this keeps it far under Telegram's limit
 RATING_WORDS = {"满意": 5, "基本满意": 4, "不满意": 1}
 DISSATISFIED = 2  # this rating or lower reopens a case (once)
 
@@ -56,7 +57,8 @@ def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -
     """The reporter, on the channel they used; nobody for a case a worker opened from the log."""
     if case.channel == WORKER_BOT:
         return []
-    body = replies.render(key, case.language, number=case.number, **fields)
+    quoted = {name: replies.clip(value) if isinstance(value, str) else value for name, value in fields.items()}
+    body = replies.render(key, case.language, number=case.number, **quoted)
     return [queue_message(session, case.channel, case.reporter, body, case.id)]
 
 
@@ -65,14 +67,17 @@ def _case_fields(world: World, case: CaseRow) -> dict[str, str]:
     return {
         "number": case.number, "category": cases.category_label(city, case.category, "zh"),
         "place": case.place or cases.grid_label(city, case.grid_code, "zh") or "待核实",
-        "text": case.text, "deadline": cases.local_time(case.escalate_at or case.deadline, world.settings.timezone),
+        "text": replies.excerpt(case.text, case.number),
+        "deadline": cases.local_time(case.escalate_at or case.deadline, world.settings.timezone),
     }
 
 
 def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[OutboxRow]:
     """A task alert with the action buttons, photos and location attached to the case listed."""
     attachments = session.scalars(select(CaseAttachmentRow).where(CaseAttachmentRow.case_id == case.id)).all()
-    extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)}" for a in attachments)
+    extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)[:200]}" for a in attachments[:ALERT_ATTACHMENTS])
+    if len(attachments) > ALERT_ATTACHMENTS:
+        extra += f"\n另有{len(attachments) - ALERT_ATTACHMENTS}个附件"
     text = replies.worker_text("alert", **_case_fields(world, case), extra=extra)
     return [message_worker(session, worker, text, case.id, task_buttons(case.number))]
 
@@ -122,7 +127,7 @@ def tell_triage(session: Session, world: World, case: CaseRow) -> list[OutboxRow
     why = "地点不明" if case.grid_code is None else "分类把握不足"
     suggestions = "；".join(f"{s['category']}({s['score']:.2f})" for s in case.triage_notes.get("suggestions", []))
     candidates = case.triage_notes.get("grid_candidates") or []
-    text = replies.worker_text("triage", number=case.number, why=why, text=case.text,
+    text = replies.worker_text("triage", number=case.number, why=why, text=replies.excerpt(case.text, case.number),
                                suggestions=(suggestions or "无") + (f"；候选网格：{'、'.join(candidates)}"
                                                                      if candidates else ""))
     return [message_worker(session, staff, text, case.id)]
@@ -182,7 +187,8 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
     case.escalate_at = now + timedelta(hours=world.settings.escalation_step_hours)
     case.reminded_at = None
     fields = _case_fields(world, case)
-    text = replies.worker_text("escalated_alert", **fields, source=source.name if source else "系统", reason=reason)
+    text = replies.worker_text("escalated_alert", **fields, source=source.name if source else "系统",
+                               reason=replies.excerpt(reason, case.number))
     unit = (world.city.departments[case.department].name if level == 0 and case.department in
             world.city.departments else _unit_name(world.city, case, level))
     return [message_worker(session, officer, text, case.id, task_buttons(case.number)),
@@ -306,6 +312,18 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
         return [message_worker(session, worker, replies.worker_text("refused", reason=refused))]
 
 
+def case_text(session: Session, worker: Worker, number: str) -> list[OutboxRow]:
+    """`/case <no>`: the whole appeal text, in as many messages as Telegram's limit needs."""
+    case = session.scalar(select(CaseRow).where(CaseRow.number == number.strip()))
+    if case is None or not may_act(worker, case):
+        return [message_worker(session, worker, replies.worker_text("not_yours", number=number.strip()[:20]))]
+    size = replies.TELEGRAM_LIMIT - 100  # room for the heading
+    parts = [case.text[start:start + size] for start in range(0, len(case.text), size)] or [""]
+    return [message_worker(session, worker, replies.worker_text(
+        "case_text", number=case.number, part=n, parts=len(parts), text=part), case.id)
+        for n, part in enumerate(parts, start=1)]
+
+
 def open_tasks(session: Session, world: World, worker: Worker) -> list[OutboxRow]:
     query = (select(CaseRow).where(CaseRow.assigned_worker_id == worker.id, CaseRow.state.in_(cases.OPEN_STATES))
              .order_by(CaseRow.escalate_at))
@@ -379,8 +397,8 @@ def answer_question(session: Session, world: World, case: CaseRow, text: str, no
     holder = world.city.workers.get(case.assigned_worker_id or "")
     out = tell_resident(session, case, "info_received")
     if holder is not None:
-        out.append(message_worker(session, holder, replies.worker_text("answer", number=case.number, text=text),
-                                  case.id))
+        out.append(message_worker(session, holder, replies.worker_text(
+            "answer", number=case.number, text=replies.excerpt(text, case.number)), case.id))
     return out
 
 
