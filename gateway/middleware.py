@@ -50,9 +50,13 @@ async def request_ids(request: web.Request, handler) -> web.StreamResponse:
     rid = request_id(request)
     try:
         response = await handler(request)
-    except web.HTTPException as http_error:  # aiohttp's own 404 / 405 / 413 and the like
-        http_error.headers[REQUEST_ID] = rid
-        raise
+    except web.HTTPException as http_error:  # aiohttp's own 404 / 405 / 413: JSON with the reason, like ours
+        if http_error.status < 400:
+            http_error.headers[REQUEST_ID] = rid
+            raise
+        response = web.json_response({"error": http_error.reason}, status=http_error.status)
+        response.headers.extend((name, value) for name, value in http_error.headers.items()
+                                if name not in ("Content-Type", "Content-Length"))
     except Exception:
         log.exception("unexpected error in %s %s [request %s]", request.method, route_name(request), rid)
         response = web.json_response({"error": "internal error", "request_id": rid}, status=500)
