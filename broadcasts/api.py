@@ -36,7 +36,7 @@ from gateway.config import Settings
 from gateway.domain.city import Worker
 from gateway.roles.intake import Intake
 from gateway.store import utcnow
-from gateway.strict import boolean, load_json, moment, row_id, text
+from gateway.strict import boolean, known_only, load_json, moment, row_id, text
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ async def twilio_broadcast_status(request: web.Request) -> web.Response:
 
 async def _json(request: web.Request) -> dict[str, Any]:
     """The JSON object in the body ({} without one), its depth checked before it is parsed."""
+    known_only(request.query, ())
     if not request.can_read_body:
         return {}
     body = load_json(await request.read())
@@ -153,7 +154,7 @@ def _audience(body: dict[str, Any]) -> str:
 
 def _emergency(body: dict[str, Any]) -> bool:
     """Strictly true or false: `"emergency": "no"` must not wake residents in quiet hours."""
-    return boolean(body.get("emergency", False), "emergency")
+    return boolean(body.get("emergency", False), "emergency", words=False)
 
 
 async def _in_store(request: web.Request, work: Callable[[Session], Any]) -> Any:
@@ -171,12 +172,14 @@ async def _in_store(request: web.Request, work: Callable[[Session], Any]) -> Any
 
 
 def _broadcast_id(request: web.Request) -> int:
+    known_only(request.query, ())
     return row_id(request.match_info["id"], "the broadcast id")
 
 
 async def api_list(request: web.Request) -> web.Response:
     handlers = request.app[HANDLERS]
     operator = await handlers.current_operator(request)
+    known_only(request.query, ())
     settings, tree = handlers.settings, handlers.tree
 
     def work(session: Session) -> list[dict]:
@@ -267,6 +270,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/broadcasts", api_list)
     app.router.add_post("/api/broadcasts", api_create)
     app.router.add_post("/api/broadcasts/preview", api_preview)
-    app.router.add_get("/api/broadcasts/{id}", api_status)
-    app.router.add_get("/api/broadcasts/{id}/preview", api_broadcast_preview)
-    app.router.add_post(r"/api/broadcasts/{id}/{action:send|pause|resume|cancel}", api_action)
+    # ASCII digits only (`\d` would take `²`); `preview` is then never mistaken for an id.
+    app.router.add_get("/api/broadcasts/{id:[0-9]+}", api_status)
+    app.router.add_get("/api/broadcasts/{id:[0-9]+}/preview", api_broadcast_preview)
+    app.router.add_post(r"/api/broadcasts/{id:[0-9]+}/{action:send|pause|resume|cancel}", api_action)

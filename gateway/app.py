@@ -27,7 +27,7 @@ from gateway.domain.city import City, Worker
 from gateway.middleware import request_ids, unavailable
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
-from gateway.strict import BadValue, integer, moment, text
+from gateway.strict import BadValue, integer, known_only, moment, text
 from gateway.world import BOTS
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ async def current_operator(request: web.Request) -> Worker:
 async def api_cases(request: web.Request) -> web.Response:
     worker = await current_operator(request)
     city, sessions = request.app[CITY], request.app[SESSIONS]
+    known_only(request.query, ("limit", "state", "grid", "category"))
     limit = integer(request.query.get("limit", "100"), "limit", 1, 1000)
     state, grid, category = (text(request.query[name], name, MAX_CODE) if name in request.query else None
                              for name in ("state", "grid", "category"))
@@ -171,6 +172,7 @@ async def api_case(request: web.Request) -> web.Response:
     worker = await current_operator(request)
     city, sessions = request.app[CITY], request.app[SESSIONS]
     number = request.match_info["number"]
+    known_only(request.query, ())
     if not CASE_NUMBER.fullmatch(number):  # never a case number, so never a case: no query needed
         raise InboundError(404, "no such case: a case number is 10 digits")
 
@@ -190,6 +192,7 @@ async def api_report(request: web.Request) -> web.Response:
     """`gridline report` for leaders: the same figures, only over cases in their jurisdiction."""
     worker = await current_operator(request)
     city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
+    known_only(request.query, ("level", "since"))
     level = request.query.get("level", "street")
     if level not in report.LEVELS:
         raise InboundError(400, f"level must be one of {', '.join(report.LEVELS)}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -65,10 +65,13 @@ def row_id(raw: object, name: str) -> int:
     return integer(raw, name, 1, MAX_ID)
 
 
-def boolean(raw: object, name: str) -> bool:
-    """JSON true/false, or one of true/false, yes/no, on/off, 1/0 (any case); never bool("no")."""
+def boolean(raw: object, name: str, *, words: bool = True) -> bool:
+    """JSON true/false, or (`words`: a flag or a setting) one of true/false, yes/no, on/off, 1/0 in
+    any case; never bool("no"). A JSON API passes words=False: its booleans are JSON's own."""
     if isinstance(raw, bool):
         return raw
+    if not words:
+        raise BadValue(name, "must be true or false (a JSON boolean)")
     if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS:
         return True
     if isinstance(raw, str) and raw.strip().lower() in FALSE_WORDS:
@@ -114,6 +117,13 @@ def storable(value: Any) -> Any:
     if isinstance(value, dict):
         return {storable(key): storable(item) for key, item in value.items()}
     return value
+
+
+def known_only(names: Iterable[str], allowed: Iterable[str], what: str = "query parameter") -> None:
+    """Refuse a name the caller cannot have meant (`?limt=5` silently ignored would mislead them)."""
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise BadValue(f"unknown {what}", f"{unknown[0][:40]!r}: use {', '.join(sorted(allowed)) or 'none'}")
 
 
 def json_depth_ok(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
