@@ -252,7 +252,7 @@ GRAMMAR = {"/api/broadcasts", "/api/broadcasts/preview"}
 
 def test_the_gateway_keeps_its_openapi_description(fstack, officer):
     """Schemathesis generates valid and invalid requests for every operation from the description
-    served at /api/openapi.json (25 of each per operation) and checks every answer against it."""
+    served at /api/openapi.json (15 of each per operation) and checks every answer against it."""
     # A body over 64 KiB is refused with 413 before it is read: a rejection like any 4xx.
     config = schemathesis.config.SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
         "expected-statuses": [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]}}})
@@ -270,7 +270,7 @@ def exercise(operation, mode: GenerationMode, headers: dict[str, str]) -> None:
     checks = [c for c in CHECKS if not (c is schemathesis.checks.positive_data_acceptance
                                         and operation.path in GRAMMAR)]
 
-    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(operation.as_strategy(mode))
     def call(case) -> None:
         case.call_and_validate(headers=headers, checks=checks)
