@@ -21,13 +21,14 @@ from sqlalchemy.orm import sessionmaker
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
 from gateway.config import Settings
-from gateway.delivery import outbox
+from gateway.delivery.channels import TWILIO_STATUS_PATH
+from gateway.delivery.reports import ReportWriter
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
 from gateway.middleware import request_ids, unavailable
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
-from gateway.strict import BadValue, integer, known_only, moment, text
+from gateway.strict import BadValue, integer, known_only, moment, row_id, text
 from gateway.world import BOTS
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ SETTINGS = web.AppKey("settings", Settings)
 INTAKE = web.AppKey("intake", Intake)
 CITY = web.AppKey("city", City)
 SESSIONS = web.AppKey("sessions", sessionmaker)
+REPORTS = web.AppKey("reports", ReportWriter)
 
 
 @web.middleware
@@ -115,19 +117,29 @@ async def telegram_update(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def twilio_status(request: web.Request) -> web.Response:
-    report = twilio_sms.parse_status(await twilio_verified_form(request))
-    outbox_id = request.query.get("outbox")
-    if outbox_id is not None and not outbox_id.isdigit():
-        raise InboundError(400, "outbox must be a row id")
+async def store_report(request: web.Request, report: twilio_sms.DeliveryStatus) -> None:
+    """Stored before Twilio hears 200; a store outage is a logged 503 and Twilio retries."""
     try:
-        found = await request.app[INTAKE].run(
-            lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
-                                                report.provider_id, report.status, report.error_code))
+        await request.app[REPORTS].store(report)
     except Exception as error:
         raise unavailable(request, error) from error
-    if not found:
-        log.warning("delivery report for unknown message %s", report.provider_id)
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    """Twilio's delivery reports for every message we sent; the row id rides on the callback URL
+    (`?delivery=`; `?outbox=` on reports for messages sent before the delivery table was one)."""
+    report = twilio_sms.parse_status(await twilio_verified_form(request))
+    raw = request.query.get("delivery", request.query.get("outbox"))
+    delivery_id = row_id(raw, "delivery") if raw is not None else None
+    await store_report(request, replace(report, delivery_id=delivery_id))
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+async def twilio_broadcast_status(request: web.Request) -> web.Response:
+    """Reports for notices sent before broadcast deliveries joined the one table: their `?delivery=`
+    names an id that no longer exists, so they are matched by MessageSid."""
+    report = twilio_sms.parse_status(await twilio_verified_form(request))
+    await store_report(request, report)
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
 
@@ -225,8 +237,10 @@ def create_app(settings: Settings) -> web.Application:
 
     app = web.Application(middlewares=[request_ids, refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
+    app[REPORTS] = ReportWriter(intake.run)
     app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
-    app.router.add_post("/webhooks/twilio/status", twilio_status)
+    app.router.add_post(TWILIO_STATUS_PATH, twilio_status)
+    app.router.add_post("/webhooks/twilio/broadcast-status", twilio_broadcast_status)
     app.router.add_post("/webhooks/telegram/{bot}", telegram_update)
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)

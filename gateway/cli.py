@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from adapters.phones import NotAPhoneNumber, to_e164
 from broadcasts.cli import register as register_broadcast
@@ -20,6 +20,9 @@ from gateway.config import Settings, load_settings
 from gateway.domain.city import CityImportError, load_city
 from gateway.logs import setup_logging
 from gateway.strict import BadValue, argument, integer, moment
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 # A person's mistake, not a bug: `main` prints the reason on one line and exits 2.
 USER_ERRORS = (BadValue, NotAPhoneNumber)
@@ -150,36 +153,35 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def command_tick(settings: Settings, args: argparse.Namespace) -> int:
     """Run the deadline clock once, as of now or of --now: the controllable clock tests use."""
-    from gateway.queues import CLOCK_QUEUE
+    from gateway.queues import CLOCK_QUEUE, queues
     from gateway.roles import jobs
 
     at = moment(args.now, "--now", settings.timezone) if args.now else None
-    jobs.enqueue_tick(_queues(settings)[CLOCK_QUEUE], at)
+    jobs.enqueue_tick(queues(_redis(settings))[CLOCK_QUEUE], at)
     print(f"deadline check queued as of {at.isoformat() + 'Z' if at else 'now'}")
     return 0
 
 
-def _queues(settings: Settings) -> dict:
-    """The rq queues of the running Gridline; Unreachable when its Redis is not there."""
+def _redis(settings: Settings) -> Redis:
+    """The running Gridline's Redis; Unreachable when it is not there."""
     from redis.exceptions import ConnectionError as RedisDown
 
-    from gateway.queues import connect, private_redis_url, queues
+    from gateway.queues import connect, private_redis_url
 
     try:
         connection = connect(settings.redis_url or private_redis_url(settings.home))
         connection.ping()
     except RedisDown as error:
         raise Unreachable("Redis is not reachable: is `gridline up` running?") from error
-    return queues(connection)
+    return connection
 
 
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
     """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
+    from gateway.delivery import outbox
     from gateway.domain import workflow
     from gateway.domain.cases import IllegalTransition
-    from gateway.queues import OUTBOUND_QUEUE
-    from gateway.roles import jobs
     from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory, utcnow
     from gateway.world import World
 
@@ -212,9 +214,9 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
             print(refused, file=sys.stderr)
             return 1
         session.flush()
-        outbox_ids = [row.id for row in queued]
-    jobs.enqueue_delivery(_queues(settings)[OUTBOUND_QUEUE], outbox_ids)
-    print(f"case {args.number}: {args.action} done; {len(outbox_ids)} message(s) queued")
+        outgoing = outbox.queued(queued)
+    outbox.enqueue(_redis(settings), outgoing)
+    print(f"case {args.number}: {args.action} done; {len(outgoing)} message(s) queued")
     return 0
 
 

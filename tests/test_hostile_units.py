@@ -18,7 +18,7 @@ from gateway import strict
 from gateway.domain import replies, workflow
 from gateway.domain.cases import IllegalTransition, open_case, transition
 from gateway.domain.city import CityImportError, load_city
-from gateway.store import CaseRow, OutboxRow, make_engine, session_factory, utcnow
+from gateway.store import CaseRow, DeliveryRow, make_engine, session_factory, utcnow
 from gateway.world import World
 from tests.conftest import CONFIG
 
@@ -188,7 +188,7 @@ def test_merge_checks_its_target(sessions, store_settings, target, reason):
             with pytest.raises(IllegalTransition, match=reason):
                 workflow.merge(session, case, into, "operator:test", utcnow())
             assert case.state == "received"
-            assert session.query(OutboxRow).filter_by(case_id=case.id).count() == 0  # nobody told anything
+            assert session.query(DeliveryRow).filter_by(case_id=case.id).count() == 0  # nobody told anything
 
 
 def test_a_rejection_needs_a_reason(sessions, store_settings):

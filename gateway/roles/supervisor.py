@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
+from gateway.delivery.channels import build_channels
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
@@ -31,7 +32,7 @@ def prepare_store(settings: Settings) -> None:
     """Migrate the database and, on first start, import the city from the config folder."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    migrate(engine, settings.sms_signature)
     sessions = session_factory(engine)
     with sessions() as session, session.begin():
         if not city_imported(session):
@@ -53,11 +54,14 @@ class Child:
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=env,
                                         start_new_session=True)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def terminate(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.process:
             try:
-                self.process.wait(timeout)
+                self.process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -93,6 +97,9 @@ class Supervisor:
             self.children.append(Child("telegram-sandbox", "adapters.telegram.sandbox",
                                        ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
         self.children += [Child(f"worker-{n}", "gateway.roles.worker") for n in range(self.settings.workers)]
+        # One sender per channel: a lane held to its provider's limit never delays another.
+        self.children += [Child(f"sender-{name}", "gateway.roles.sender", (name,))
+                          for name in build_channels(self.settings)]
         # The intake first: the web processes hand it every inbound message, so it stops after them.
         self.children += [Child("sweeper", "gateway.roles.sweeper"), Child("intake", "gateway.roles.intake")]
         self.children += [Child(f"web-{n}", "gateway.roles.web") for n in range(self.settings.web_processes)]
@@ -144,10 +151,19 @@ class Supervisor:
                     child.start(env)
             time.sleep(0.5)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Web first (nothing new comes in), then the intake (it answers what the web handed it), then
+        everything else at once, each tier given `timeout` before it is killed; Redis last."""
         self.stopping = True
-        for child in reversed(self.children):
-            child.stop()
+        web = [c for c in self.children if c.module == "gateway.roles.web"]
+        intake = [c for c in self.children if c.module == "gateway.roles.intake"]
+        rest = [c for c in self.children if c not in web and c not in intake]
+        for tier in (web, intake, rest):
+            for child in tier:
+                child.terminate()
+            deadline = time.monotonic() + timeout
+            for child in tier:
+                child.wait_or_kill(deadline)
         if self.redis:
             self.redis.stop()
 
