@@ -59,6 +59,7 @@ def _act(settings: Settings, args: argparse.Namespace) -> int:
     from broadcasts.models import BroadcastRow
     from gateway.store import utcnow
 
+    at = moment(args.at, "--at", settings.timezone) if getattr(args, "at", None) else None  # before the store
     sessions, tree = _store(settings)
     now = utcnow()
     try:
@@ -84,7 +85,6 @@ def _act(settings: Settings, args: argparse.Namespace) -> int:
             if args.action == "preview":
                 _print(asdict(service.preview_of(session, settings, tree, broadcast)))
             elif args.action == "send":
-                at = moment(args.at, "--at", settings.timezone) if args.at else None
                 service.send(session, settings, tree, broadcast, at, now)
             elif args.action in ("pause", "resume", "cancel"):
                 getattr(service, args.action)(session, broadcast, now)

@@ -14,6 +14,8 @@ import http.client
 import json
 import re
 import secrets
+import subprocess
+import sys
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from twilio.request_validator import RequestValidator
 
-from tests.conftest import Stack, wait_for
+from tests.conftest import ROOT, Stack, wait_for
 from tests.test_broadcast_stack import running_stack
 from tests.twilio_client import inbound_form
 
@@ -214,6 +216,157 @@ def test_fuzzed_broadcast_delivery_reports_are_answered_without_5xx(fstack, quer
     path = f"/webhooks/twilio/broadcast-status?{query}"
     form = {"MessageSid": "SM" + secrets.token_hex(16), "MessageStatus": status}
     fuzz(fstack, "POST", path, urllib.parse.urlencode(form).encode(), signed(fstack, path, form))
+
+
+# --- the findings of issue 14, one by one ------------------------------------------------------
+
+
+def api(stack: Stack, method: str, path: str, who: str | None, body: object = None, raw: bytes | None = None
+        ) -> tuple[int, dict, dict[str, str]]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {who}"} if who else {})}
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+    status, answer_headers, answer = send(stack, method, path, data, headers)
+    return status, json.loads(answer or b"{}"), answer_headers
+
+
+@pytest.mark.parametrize("method, path, body, raw, status, reason", [
+    ("POST", "/api/broadcasts", None, b"[" * 30_000, 400, "nests deeper than 32"),
+    ("POST", "/api/broadcasts/preview", None, b'{"a":' * 5000, 400, "nests deeper than 32"),
+    ("GET", "/api/broadcasts/%C2%B2", None, None, 404, "Not Found"),
+    ("GET", "/api/broadcasts/9999999999999999999999999", None, None, 400, "broadcast id must be between"),
+    ("GET", "/api/report?since=0001-01-01", None, None, 400, "since must be between 2000-01-01 and 2099-12-31"),
+    ("GET", "/api/report?since=%C2%B2", None, None, 400, "since must be an ISO 8601 date"),
+    ("GET", "/api/cases?limit=%C2%B2", None, None, 400, "limit must be a whole number"),
+    ("GET", "/api/cases?limt=5", None, None, 400, "unknown query parameter 'limt'"),
+    ("GET", "/api/cases/%C2%B2", None, None, 404, "a case number is 10 digits"),
+    ("POST", "/api/broadcasts", {"audience": "(" * 5000 + "all" + ")" * 5000, "texts": {"zh": "x"}}, None, 400,
+     "longer than 2000"),
+    ("POST", "/api/broadcasts", {"audience": "not " * 400 + "all", "texts": {"zh": "x"}}, None, 400,
+     "nests deeper than 16"),
+    ("POST", "/api/broadcasts", {"audience": "grid:QH-DH-01", "texts": {"zh": "x"}, "emergency": "no"}, None, 400,
+     "emergency must be true or false"),
+    ("POST", "/api/broadcasts", {"audience": "grid:QH-DH-01", "texts": {"zh": "{name:>99999999}"}}, None, 400,
+     "formats a field"),
+    ("POST", "/api/broadcasts", {"audience": "grid:QH-DH-01", "texts": {"zh": "x\ud800"}}, None, 400,
+     "unpaired surrogate"),
+])
+def test_findings_are_refused_with_a_reason(fstack, officer, method, path, body, raw, status, reason):
+    code, answer, headers = api(fstack, method, path, officer, body, raw)
+    assert (code, reason in answer.get("error", "")) == (status, True), answer
+    assert headers["X-Request-Id"]
+
+
+def test_a_send_at_out_of_range_is_a_400_and_emergency_false_stays_false(fstack, officer):
+    code, created, _ = api(fstack, "POST", "/api/broadcasts", officer,
+                           {"audience": "grid:QH-DH-01-01", "texts": {"zh": "停水通知"}, "emergency": False})
+    assert code == 201 and created["emergency"] is False
+    code, refused, _ = api(fstack, "POST", f"/api/broadcasts/{created['id']}/send", officer, {"send_at": "0001-01-01"})
+    assert code == 400 and "send_at must be between" in refused["error"]
+
+
+def test_a_refusal_outside_the_jurisdiction_counts_nobody(fstack, officer):
+    code, refused, _ = api(fstack, "POST", "/api/broadcasts", officer,
+                           {"audience": "tag:disabled", "texts": {"zh": "x"}})
+    assert code == 403 and "outside your jurisdiction (QH-DH-01)" in refused["error"]
+    assert not re.search(r"\d+ resident", refused["error"]), refused
+
+
+def test_a_request_id_offered_is_kept_and_one_is_made_otherwise(fstack):
+    _, headers, _ = send(fstack, "GET", "/healthz", headers={"X-Request-Id": "proxy-1234abcd"})
+    assert headers["X-Request-Id"] == "proxy-1234abcd"
+    _, headers, _ = send(fstack, "GET", "/healthz", headers={"X-Request-Id": "evil\tline"})
+    assert re.fullmatch(r"[0-9a-f]{16}", headers["X-Request-Id"])
+    status, headers, body = send(fstack, "GET", "/nowhere")
+    assert status == 404 and json.loads(body) == {"error": "Not Found"} and headers["X-Request-Id"]
+
+
+def test_the_openapi_description_is_served(fstack):
+    status, _, body = send(fstack, "GET", "/api/openapi.json")
+    spec = json.loads(body)
+    assert status == 200 and spec["openapi"].startswith("3.") and "/api/broadcasts" in spec["paths"]
+
+
+def test_one_poison_telegram_update_fails_no_sms_beside_it(fstack):
+    """20 rounds of one Telegram text with a lone surrogate and 15 SMS at once: all 320 answered
+    200 and stored, the surrogate replaced by U+FFFD (the resident is heard, nothing fails)."""
+    secret = {"X-Telegram-Bot-Api-Secret-Token": fstack.settings.telegram_webhook_secret,
+              "Content-Type": "application/json"}
+    statuses = []
+    with ThreadPoolExecutor(16) as pool:
+        for round_ in range(20):
+            poison = json.dumps({"update_id": 880000 + round_, "message": {  # json.dumps writes \\ud800
+                "message_id": 1, "date": 1767241800, "chat": {"id": 5012345678, "type": "private"},
+                "from": {"id": 5012345678, "is_bot": False, "first_name": "x"}, "text": f"路灯坏了\ud800 {round_}"}}
+            ).encode()
+            futures = [pool.submit(send, fstack, "POST", "/webhooks/telegram/resident", poison, secret)]
+            futures += [pool.submit(valid_appeal, fstack) for _ in range(15)]
+            statuses += [futures[0].result()[0], *(f.result() for f in futures[1:])]
+    SEEN["valid"] += 300
+    assert statuses == [200] * 320
+    from sqlalchemy import select
+
+    from gateway.store import InboundRow, make_engine, session_factory
+
+    with session_factory(make_engine(fstack.settings.sqlalchemy_url))() as session:
+        texts = set(session.scalars(select(InboundRow.text).where(InboundRow.channel == "telegram-resident")))
+    assert {f"路灯坏了\ufffd {n}" for n in range(20)} <= texts
+
+
+@pytest.mark.parametrize("args, says", [
+    (["tick", "--now", "tomorrow"], "--now must be an ISO 8601 date or time"),
+    (["sms", "路灯坏了", "--from", "abc"], "a phone number has only digits"),
+    (["sms", "路灯坏了", "--from", "whatsapp:+8617033259997"], "a phone number has only digits"),
+    (["report", "--since", "0001-01-01"], "--since must be between"),
+    (["cases", "--limit", "²"], "--limit must be a whole number"),
+    (["broadcast", "status", "²"], "a broadcast id must be a whole number"),
+    (["broadcast", "send", "1", "--at", "9999-12-31"], "--at must be between"),
+    (["broadcast", "create", "--audience", "all", "--text", "zh"], "--text takes LANGUAGE=TEXT"),
+    (["case", "2601019999", "nonsense"], "invalid choice"),
+])
+def test_cli_mistakes_are_one_line_and_exit_2(fstack, args, says):
+    done = fstack.gridline(*args)
+    assert (done.returncode, says in done.stderr) == (2, True), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_cli_without_a_running_gateway_is_one_line_and_exit_2(fstack, tmp_path):
+    from tests.conftest import free_port
+
+    env = {**fstack.env, "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
+           "GRIDLINE_HOME": str(tmp_path)}
+    for args, says in ((["sms", "路灯坏了", "--from", "+8617033259997"], "is `gridline up` running?"),
+                       (["tick"], "Redis is not reachable")):
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert (done.returncode, says in done.stderr) == (2, True), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_national_number_is_read_in_the_default_region(fstack):
+    done = fstack.gridline("sms", "查询", "--from", "17033259997", "--wait", "0")
+    assert "gateway answered 200" in done.stdout, done.stderr
+
+
+def test_merge_mistakes_are_refused_by_the_cli_with_the_reason(fstack):
+    number = fstack.gridline("cases", "--state", "assigned", "--limit", "1").stdout.splitlines()[1].split()[0]
+    for into, says in ((number, "cannot be merged into itself"), ("2001019999", "there is no case 2001019999")):
+        done = fstack.gridline("case", number, "merge", "--into", into)
+        assert (done.returncode, says in done.stderr) == (1, True), done.stderr
+
+
+def test_the_log_holds_no_appeal_text_and_no_full_phone_number(fstack):
+    """Everything above went through this stack: thousands of appeals and replies, refusals, 500s
+    of the adapters' own, a 5xx logged with its exception. None of the texts or numbers is in the log."""
+    sender = "+8617199007003"
+    text = "幸福里小区东门路灯坏了一个星期了很危险"
+    form = inbound_form(sender, text, fstack.settings)
+    status, _, _ = send(fstack, "POST", "/webhooks/twilio/sms", urllib.parse.urlencode(form).encode(),
+                        signed(fstack, "/webhooks/twilio/sms", form))
+    assert status == 200
+    wait_for(lambda: fstack.sent_to(sender), timeout=60, what="the acknowledgement")
+    log = fstack.log_path.read_text()
+    for secret in (text, "门口垃圾没人清", "路灯坏了", sender, GOOD_SENDER, "+8617033259997", "17033259997"):
+        assert secret not in log, secret
 
 
 def test_valid_appeals_sent_alongside_each_became_a_case(fstack):
