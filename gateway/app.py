@@ -28,13 +28,12 @@ from gateway.domain.city import City, Worker
 from gateway.middleware import request_ids, unavailable
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
-from gateway.strict import BadValue, integer, known_only, moment, row_id, text
+from gateway.strict import BadValue, code, integer, known_only, moment, row_id
 from gateway.world import BOTS
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-MAX_CODE = 64  # characters in a state, grid or category filter; real codes are a dozen or two
 CASE_NUMBER = re.compile(r"[0-9]{10}")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 OPENAPI = Path(__file__).with_name("openapi.json")
@@ -168,7 +167,7 @@ async def api_cases(request: web.Request) -> web.Response:
     city, sessions = request.app[CITY], request.app[SESSIONS]
     known_only(request.query, ("limit", "state", "grid", "category"))
     limit = integer(request.query.get("limit", "100"), "limit", 1, 1000)
-    state, grid, category = (text(request.query[name], name, MAX_CODE) if name in request.query else None
+    state, grid, category = (code(request.query[name], name) if name in request.query else None
                              for name in ("state", "grid", "category"))
 
     def query() -> list[dict]:

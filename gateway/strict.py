@@ -32,7 +32,7 @@ class BadValue(ValueError):
 
 # Row ids are INTEGER columns: 32-bit on PostgreSQL, so anything larger cannot name a row.
 MAX_ID = 2**31 - 1
-_ASCII_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_ASCII_INT = re.compile(r"[+-]?[0-9]{1,100}")  # a long one is out of range, not malformed
 # Case numbers carry a two-digit year (YYMMDD...), so no date outside this century means anything here.
 EARLIEST = datetime(2000, 1, 1)
 LATEST = datetime(2099, 12, 31, 23, 59, 59)
@@ -41,6 +41,7 @@ MAX_JSON_DEPTH = 32
 _JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 # NUL cannot be stored in PostgreSQL text; a lone surrogate cannot be encoded as UTF-8 anywhere.
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 
@@ -124,6 +125,13 @@ def known_only(names: Iterable[str], allowed: Iterable[str], what: str = "query 
     unknown = sorted(set(names) - set(allowed))
     if unknown:
         raise BadValue(f"unknown {what}", f"{unknown[0][:40]!r}: use {', '.join(sorted(allowed)) or 'none'}")
+
+
+def code(raw: object, name: str) -> str:
+    """A code from the city's tables or the lifecycle (QH-DH-01-01, sanitation, in_progress)."""
+    if not isinstance(raw, str) or not _CODE.fullmatch(raw):
+        raise BadValue(name, "must be a code of at most 64 letters, digits, and . _ -")
+    return raw
 
 
 def json_depth_ok(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
