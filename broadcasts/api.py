@@ -23,15 +23,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import InboundError
-from broadcasts import service
+from broadcasts import audience, service
 from broadcasts.audience import GridTree
 from broadcasts.models import BroadcastRow
-from broadcasts.schedule import parse_when
 from gateway.config import Settings
 from gateway.domain.city import Worker
 from gateway.store import utcnow
+from gateway.strict import boolean, known_only, load_json, moment, row_id, text
 
 log = logging.getLogger(__name__)
+
+MAX_TITLE = 200
+MAX_TEXT = 4000  # characters per language: Telegram's 4,096 less room for the signature
+MAX_LANGUAGES = 20
 
 
 @dataclass
@@ -51,12 +55,11 @@ HANDLERS = web.AppKey("broadcasts", Handlers)
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
+    """The JSON object in the body ({} without one), its depth checked before it is parsed."""
+    known_only(request.query, ())
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except ValueError as bad:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-        raise InboundError(400, f"body is not JSON: {bad}") from bad
+    body = load_json(await request.read())
     if not isinstance(body, dict):
         raise InboundError(400, "body must be a JSON object")
     return body
@@ -66,14 +69,22 @@ def _texts(body: dict[str, Any]) -> dict[str, str]:
     texts = body.get("texts")
     if not isinstance(texts, dict) or not all(isinstance(v, str) for v in texts.values()):
         raise InboundError(400, 'texts must be an object of language → text, e.g. {"zh": "..."}')
-    return texts
+    if len(texts) > MAX_LANGUAGES:
+        raise InboundError(400, f"texts has more than {MAX_LANGUAGES} languages")
+    return {text(language, "a texts language", 16): text(value, f"texts.{language}", MAX_TEXT)
+            for language, value in texts.items()}
 
 
 def _audience(body: dict[str, Any]) -> str:
     expression = body.get("audience")
     if not isinstance(expression, str):
         raise InboundError(400, "audience must be an expression such as `tag:elderly and grid:<code>`")
-    return expression
+    return text(expression, "audience", audience.MAX_LENGTH)
+
+
+def _emergency(body: dict[str, Any]) -> bool:
+    """Strictly true or false: `"emergency": "no"` must not wake residents in quiet hours."""
+    return boolean(body.get("emergency", False), "emergency", words=False)
 
 
 async def _in_store(request: web.Request, work: Callable[[Session], Any]) -> Any:
@@ -91,15 +102,14 @@ async def _in_store(request: web.Request, work: Callable[[Session], Any]) -> Any
 
 
 def _broadcast_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise InboundError(404, f"no broadcast {raw}")
-    return int(raw)
+    known_only(request.query, ())
+    return row_id(request.match_info["id"], "the broadcast id")
 
 
 async def api_list(request: web.Request) -> web.Response:
     handlers = request.app[HANDLERS]
     operator = await handlers.current_operator(request)
+    known_only(request.query, ())
     settings, tree = handlers.settings, handlers.tree
 
     def work(session: Session) -> list[dict]:
@@ -115,9 +125,9 @@ async def api_preview(request: web.Request) -> web.Response:
     operator = await handlers.current_operator(request)
     body = await _json(request)
     settings, tree = handlers.settings, handlers.tree
+    expression, texts, emergency = _audience(body), _texts(body), _emergency(body)
     result = await _in_store(request, lambda session: service.preview(
-        session, settings, tree, _audience(body), _texts(body), service.operator_scope(settings, operator),
-        bool(body.get("emergency"))))
+        session, settings, tree, expression, texts, service.operator_scope(settings, operator), emergency))
     return web.json_response(vars(result))
 
 
@@ -126,11 +136,12 @@ async def api_create(request: web.Request) -> web.Response:
     operator = await handlers.current_operator(request)
     body = await _json(request)
     settings, tree = handlers.settings, handlers.tree
+    title = text(body.get("title") or "", "title", MAX_TITLE)
+    expression, texts, emergency = _audience(body), _texts(body), _emergency(body)
 
     def work(session: Session) -> dict:
-        broadcast = service.create(session, settings, tree, operator, title=str(body.get("title") or ""),
-                                   expression=_audience(body), texts=_texts(body),
-                                   emergency=bool(body.get("emergency")), now=utcnow())
+        broadcast = service.create(session, settings, tree, operator, title=title, expression=expression,
+                                   texts=texts, emergency=emergency, now=utcnow())
         return {**service.status(session, settings, broadcast, utcnow()),
                 "preview": vars(service.preview_of(session, settings, tree, broadcast))}
 
@@ -161,10 +172,7 @@ async def api_action(request: web.Request) -> web.Response:
     settings, tree = handlers.settings, handlers.tree
     broadcast_id, action = _broadcast_id(request), request.match_info["action"]
     body = await _json(request)
-    try:
-        send_at = parse_when(body["send_at"], settings.timezone) if body.get("send_at") else None
-    except (TypeError, ValueError) as bad:
-        raise InboundError(400, f"send_at must be an ISO 8601 time: {bad}") from bad
+    send_at = moment(body["send_at"], "send_at", settings.timezone) if body.get("send_at") else None
 
     def work(session: Session) -> dict:
         broadcast = service.get(session, tree, settings, operator, broadcast_id)
@@ -190,6 +198,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/broadcasts", api_list)
     app.router.add_post("/api/broadcasts", api_create)
     app.router.add_post("/api/broadcasts/preview", api_preview)
-    app.router.add_get("/api/broadcasts/{id}", api_status)
-    app.router.add_get("/api/broadcasts/{id}/preview", api_broadcast_preview)
-    app.router.add_post(r"/api/broadcasts/{id}/{action:send|pause|resume|cancel}", api_action)
+    # ASCII digits only (`\d` would take `²`); `preview` is then never mistaken for an id.
+    app.router.add_get("/api/broadcasts/{id:[0-9]+}", api_status)
+    app.router.add_get("/api/broadcasts/{id:[0-9]+}/preview", api_broadcast_preview)
+    app.router.add_post(r"/api/broadcasts/{id:[0-9]+}/{action:send|pause|resume|cancel}", api_action)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy import select
@@ -22,13 +23,17 @@ from gateway.delivery import channels
 from gateway.delivery.reports import ReportWriter
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
+from gateway.middleware import request_ids, unavailable
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
+from gateway.strict import BadValue, code, integer, known_only, moment
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CASE_NUMBER = re.compile(r"[0-9]{10}")
+OPENAPI = Path(__file__).with_name("openapi.json")
 SETTINGS = web.AppKey("settings", Settings)
 INTAKE = web.AppKey("intake", Intake)
 CITY = web.AppKey("city", City)
@@ -44,6 +49,8 @@ async def refusals(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except InboundError as error:
         return web.json_response({"error": error.reason}, status=error.status)
+    except BadValue as error:
+        return web.json_response({"error": error.reason}, status=400)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -61,7 +68,7 @@ async def store(request: web.Request, message: InboundMessage) -> None:
     try:
         await request.app[INTAKE].store(message)
     except Exception as error:
-        raise InboundError(503, "store unavailable, retry later") from error
+        raise unavailable(request, error) from error
 
 
 def webhook(channel: Channel, route: Route) -> Handler:
@@ -101,7 +108,7 @@ async def apply_statuses(request: web.Request, reports: list[DeliveryStatus]) ->
         else:
             await asyncio.gather(*(writer.store(report) for report in reports))
     except Exception as error:
-        raise InboundError(503, "store unavailable, retry later") from error
+        raise unavailable(request, error) from error
 
 
 # --- operator API ---------------------------------------------------------------------------
@@ -127,15 +134,14 @@ async def current_operator(request: web.Request) -> Worker:
 async def api_cases(request: web.Request) -> web.Response:
     worker = await current_operator(request)
     city, sessions = request.app[CITY], request.app[SESSIONS]
-    try:
-        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
-    except ValueError as bad:
-        raise InboundError(400, "limit must be a number") from bad
+    known_only(request.query, ("limit", "state", "grid", "category"))
+    limit = integer(request.query.get("limit", "100"), "limit", 1, 1000)
+    state, grid, category = (code(request.query[name], name) if name in request.query else None
+                             for name in ("state", "grid", "category"))
 
     def query() -> list[dict]:
         with sessions() as session:
-            found = cases.find_cases(session, city, state=request.query.get("state"),
-                                     grid=request.query.get("grid"), category=request.query.get("category"),
+            found = cases.find_cases(session, city, state=state, grid=grid, category=category,
                                      visible=operators.jurisdiction(city, worker), limit=limit)
             return [cases.case_view(session, case) for case in found]
 
@@ -146,6 +152,9 @@ async def api_case(request: web.Request) -> web.Response:
     worker = await current_operator(request)
     city, sessions = request.app[CITY], request.app[SESSIONS]
     number = request.match_info["number"]
+    known_only(request.query, ())
+    if not CASE_NUMBER.fullmatch(number):  # never a case number, so never a case: no query needed
+        raise InboundError(404, "no such case: a case number is 10 digits")
 
     def query() -> dict | None:
         with sessions() as session:
@@ -163,14 +172,11 @@ async def api_report(request: web.Request) -> web.Response:
     """`gridline report` for leaders: the same figures, only over cases in their jurisdiction."""
     worker = await current_operator(request)
     city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
+    known_only(request.query, ("level", "since"))
     level = request.query.get("level", "street")
     if level not in report.LEVELS:
         raise InboundError(400, f"level must be one of {', '.join(report.LEVELS)}")
-    try:
-        since = report.since_utc(datetime.fromisoformat(request.query["since"]), settings.timezone) \
-            if "since" in request.query else None
-    except ValueError as bad:
-        raise InboundError(400, "since must be an ISO date or time") from bad
+    since = moment(request.query["since"], "since", settings.timezone) if "since" in request.query else None
 
     def query() -> str:
         with sessions() as session:
@@ -185,6 +191,11 @@ async def health(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def openapi(_request: web.Request) -> web.FileResponse:
+    """The OpenAPI 3 description of the API and the webhooks (gateway/openapi.json)."""
+    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/json"})
+
+
 def create_app(settings: Settings) -> web.Application:
     engine = make_engine(settings.sqlalchemy_url)
     sessions = session_factory(engine)
@@ -192,7 +203,7 @@ def create_app(settings: Settings) -> web.Application:
         city = load_city_from_store(session)
     intake = Intake(socket_path(settings), engine)
 
-    app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_ids, refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
     app[REPORTS], app[CHANNELS] = ReportWriter(intake.run), channels.build_channels(settings)
     for channel in app[CHANNELS].values():
@@ -202,6 +213,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/cases/{number}", api_case)
     app.router.add_get("/api/report", api_report)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/api/openapi.json", openapi)
     broadcast_api.add_routes(app)
 
     async def close_intake(_app: web.Application) -> None:

@@ -72,6 +72,7 @@ class Settings:
     workers: int = 2
     web_processes: int = 2  # aiohttp processes sharing the port (SO_REUSEPORT)
     timezone: str = "Asia/Shanghai"  # residents and operators see local times
+    default_region: str = "CN"  # ISO country whose numbers may be written without +country code
     triage_department: str = "GRID_CENTER"
     classifier_threshold: float = 0.5
     sweep_interval: float = 2.0  # seconds between sweeps for work rq lost

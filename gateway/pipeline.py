@@ -193,6 +193,8 @@ def act_for_worker(session: Session, world: World, inbound: InboundRow, now: dat
             "hello", name=worker.name, role=replies.role_name(worker.role, "zh")))]
     if command == "tasks":
         return workflow.open_tasks(session, world, worker)
+    if command == "case" and inbound.payload.get("args", "").strip():
+        return workflow.case_text(session, worker, inbound.payload["args"])
     if command == "log" and inbound.payload.get("args", "").strip():
         return workflow.write_log(session, worker, inbound.payload["args"].strip(), now)
     photo = inbound.payload.get("photo") if inbound.kind == "photo" else None

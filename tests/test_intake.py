@@ -96,14 +96,24 @@ def test_a_store_that_fails_answers_every_caller_and_recovers(tmp_path):
     assert later is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-later"]
 
 
-def test_a_message_that_cannot_be_handed_over_fails_at_once_and_alone(tmp_path):
-    async def work(intake: Intake) -> bool:
-        with pytest.raises(StoreUnavailable, match="surrogate"):  # JSON allows "\ud83d", UTF-8 does not
-            await intake.store(message("SM-bad", text="\ud83d"))
-        return await intake.store(message("SM-good"))
+def test_a_message_that_cannot_be_encoded_is_stored_replaced_and_fails_no_neighbour(tmp_path):
+    """JSON allows "\ud800", UTF-8 does not; PostgreSQL cannot store NUL. 20 rounds of one such
+    message among 15 good ones in the same frame: every message is stored, the bad code points as U+FFFD."""
+    async def work(intake: Intake) -> list[bool]:
+        outcomes = []
+        for round_ in range(20):
+            batch = [message(f"SM{round_:02d}-{n:02d}") for n in range(15)]
+            batch.insert(round_ % 15, message(f"TG{round_:02d}", text=f"路灯坏了\ud800{round_}\x00"))
+            outcomes += await asyncio.gather(*(intake.store(m) for m in batch))  # one frame: one loop turn
+        return outcomes
 
-    good, _ = asyncio.run(with_intake(tmp_path, work))
-    assert good is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-good"]
+    outcomes, _ = asyncio.run(with_intake(tmp_path, work))
+    assert outcomes == [True] * 320
+    rows = stored_rows(tmp_path)
+    assert len(rows) == 320
+    assert {row.text for row in rows if row.provider_id.startswith("TG")} == {
+        f"路灯坏了\ufffd{n}\ufffd" for n in range(20)}
+    assert all(row.text == "翠湖花园3号楼门口垃圾三天没人清了" for row in rows if row.provider_id.startswith("SM"))
 
 
 def test_the_sqlite_insert_stores_exactly_what_the_portable_one_stores(tmp_path, monkeypatch):

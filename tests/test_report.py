@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session
 
+from gateway import strict
 from gateway.config import Settings, load_settings
 from gateway.domain import operators, report
 from gateway.domain.city import City
@@ -181,9 +182,8 @@ def test_scope_and_jurisdiction_limit_the_cases(store):
 
 
 def test_since_is_local_wall_time_unless_it_has_an_offset():
-    assert report.since_utc(datetime(2024, 6, 5), "Asia/Shanghai") == datetime(2024, 6, 4, 16, 0)
-    assert report.since_utc(datetime.fromisoformat("2024-06-05T00:00+00:00"), "Asia/Shanghai") \
-        == datetime(2024, 6, 5)
+    assert strict.moment("2024-06-05", "since", "Asia/Shanghai") == datetime(2024, 6, 4, 16, 0)
+    assert strict.moment("2024-06-05T00:00+00:00", "since", "Asia/Shanghai") == datetime(2024, 6, 5)
 
 
 def test_json_and_csv_parse_back(store):

@@ -31,6 +31,7 @@ class NobodyAbove(IllegalTransition):
     """An escalation with no level above the case's holder that has someone to take it."""
 
 
+ALERT_ATTACHMENTS = 5  # listed in a task alert; with the excerpt this keeps it far under Telegram's limit
 RATING_WORDS = {"满意": 5, "基本满意": 4, "不满意": 1}
 DISSATISFIED = 2  # this rating or lower reopens a case (once)
 
@@ -59,7 +60,8 @@ def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -
     """The reporter, on the channel they used; nobody for a case a worker opened from the log."""
     if case.channel == WORKER_BOT:
         return []
-    body = replies.render(key, case.language, number=case.number, **fields)
+    quoted = {name: replies.clip(value) if isinstance(value, str) else value for name, value in fields.items()}
+    body = replies.render(key, case.language, number=case.number, **quoted)
     return [queue_message(session, case.channel, case.reporter, body, case.id)]
 
 
@@ -68,14 +70,17 @@ def _case_fields(world: World, case: CaseRow) -> dict[str, str]:
     return {
         "number": case.number, "category": cases.category_label(city, case.category, "zh"),
         "place": case.place or cases.grid_label(city, case.grid_code, "zh") or "待核实",
-        "text": case.text, "deadline": cases.local_time(case.escalate_at or case.deadline, world.settings.timezone),
+        "text": replies.excerpt(case.text, case.number),
+        "deadline": cases.local_time(case.escalate_at or case.deadline, world.settings.timezone),
     }
 
 
 def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[DeliveryRow]:
     """A task alert with the action buttons, photos and location attached to the case listed."""
     attachments = session.scalars(select(CaseAttachmentRow).where(CaseAttachmentRow.case_id == case.id)).all()
-    extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)}" for a in attachments)
+    extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)[:200]}" for a in attachments[:ALERT_ATTACHMENTS])
+    if len(attachments) > ALERT_ATTACHMENTS:
+        extra += f"\n另有{len(attachments) - ALERT_ATTACHMENTS}个附件"
     text = replies.worker_text("alert", **_case_fields(world, case), extra=extra)
     return [message_worker(session, worker, text, case.id, task_buttons(case.number))]
 
@@ -125,7 +130,7 @@ def tell_triage(session: Session, world: World, case: CaseRow) -> list[DeliveryR
     why = "地点不明" if case.grid_code is None else "分类把握不足"
     suggestions = "；".join(f"{s['category']}({s['score']:.2f})" for s in case.triage_notes.get("suggestions", []))
     candidates = case.triage_notes.get("grid_candidates") or []
-    text = replies.worker_text("triage", number=case.number, why=why, text=case.text,
+    text = replies.worker_text("triage", number=case.number, why=why, text=replies.excerpt(case.text, case.number),
                                suggestions=(suggestions or "无") + (f"；候选网格：{'、'.join(candidates)}"
                                                                      if candidates else ""))
     return [message_worker(session, staff, text, case.id)]
@@ -185,7 +190,8 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
     case.escalate_at = now + timedelta(hours=world.settings.escalation_step_hours)
     case.reminded_at = None
     fields = _case_fields(world, case)
-    text = replies.worker_text("escalated_alert", **fields, source=source.name if source else "系统", reason=reason)
+    text = replies.worker_text("escalated_alert", **fields, source=source.name if source else "系统",
+                               reason=replies.excerpt(reason, case.number))
     unit = (world.city.departments[case.department].name if level == 0 and case.department in
             world.city.departments else _unit_name(world.city, case, level))
     return [message_worker(session, officer, text, case.id, task_buttons(case.number)),
@@ -195,6 +201,34 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
 def _unit_name(city: City, case: CaseRow, level: int) -> str:
     unit = city.ancestor_at(case.grid_code, level)
     return unit.name if unit else ""
+
+
+# --- operators' decisions (CLI, API and console alike) ----------------------------------------
+
+
+def reject(session: Session, case: CaseRow, actor: str, reason: str, now: datetime) -> list[DeliveryRow]:
+    """Not the city's matter: the resident is told why, so a reason is required."""
+    if not reason.strip():
+        raise IllegalTransition(case, "rejected", "a rejection needs a reason: the resident is told why")
+    transition(session, case, "rejected", actor, reason, now)
+    return tell_resident(session, case, "rejected", reason=reason)
+
+
+def merge(session: Session, case: CaseRow, into: str, actor: str, now: datetime) -> list[DeliveryRow]:
+    """A duplicate joins the case it repeats; the resident is told to follow that one, so it must
+    exist, be another case, and still be open to follow."""
+    if "merged" not in cases.TRANSITIONS[case.state]:
+        raise IllegalTransition(case, "merged")
+    if into == case.number:
+        raise IllegalTransition(case, "merged", "a case cannot be merged into itself")
+    target = session.scalar(select(CaseRow).where(CaseRow.number == into))
+    if target is None:
+        raise IllegalTransition(case, "merged", f"there is no case {into} to merge it into")
+    if target.state in cases.FINAL_STATES:
+        raise IllegalTransition(case, "merged", f"case {into} is {target.state}: there is nothing to follow there")
+    transition(session, case, "merged", actor, f"into {into}", now)
+    case.merged_into = into
+    return tell_resident(session, case, "merged", into=into)
 
 
 # --- the grid workers' bot ------------------------------------------------------------------
@@ -281,6 +315,18 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
         return [message_worker(session, worker, replies.worker_text("refused", reason=refused))]
 
 
+def case_text(session: Session, worker: Worker, number: str) -> list[DeliveryRow]:
+    """`/case <no>`: the whole appeal text, in as many messages as Telegram's limit needs."""
+    case = session.scalar(select(CaseRow).where(CaseRow.number == number.strip()))
+    if case is None or not may_act(worker, case):
+        return [message_worker(session, worker, replies.worker_text("not_yours", number=number.strip()[:20]))]
+    size = replies.TELEGRAM_LIMIT - 100  # room for the heading
+    parts = [case.text[start:start + size] for start in range(0, len(case.text), size)] or [""]
+    return [message_worker(session, worker, replies.worker_text(
+        "case_text", number=case.number, part=n, parts=len(parts), text=part), case.id)
+        for n, part in enumerate(parts, start=1)]
+
+
 def open_tasks(session: Session, world: World, worker: Worker) -> list[DeliveryRow]:
     query = (select(CaseRow).where(CaseRow.assigned_worker_id == worker.id, CaseRow.state.in_(cases.OPEN_STATES))
              .order_by(CaseRow.escalate_at))
@@ -354,8 +400,8 @@ def answer_question(session: Session, world: World, case: CaseRow, text: str, no
     holder = world.city.workers.get(case.assigned_worker_id or "")
     out = tell_resident(session, case, "info_received")
     if holder is not None:
-        out.append(message_worker(session, holder, replies.worker_text("answer", number=case.number, text=text),
-                                  case.id))
+        out.append(message_worker(session, holder, replies.worker_text(
+            "answer", number=case.number, text=replies.excerpt(text, case.number)), case.id))
     return out
 
 

@@ -111,7 +111,8 @@ class Child:
 
     def start(self, env: dict[str, str]) -> None:
         # Its own session: Ctrl-C reaches only the supervisor, which stops children in order.
-        self.process = subprocess.Popen(self.argv, env={**env, **self.env}, stdin=subprocess.DEVNULL, start_new_session=True,
+        self.process = subprocess.Popen(self.argv, env={**env, **self.env}, stdin=subprocess.DEVNULL,
+                                        start_new_session=True,
                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.started_at, self.restart_at = time.monotonic(), None
 
