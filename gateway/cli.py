@@ -122,14 +122,19 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
     with session_factory(make_engine(settings.sqlalchemy_url))() as session, session.begin():
         city = load_city_from_store(session)
         try:
-            token = operators.issue_token(session, city, args.worker_id)
+            if args.action == "revoke":
+                ended = operators.revoke(session, args.worker_id)
+                print(f"operator {args.worker_id}: {ended} token(s) and console session(s) ended")
+                return 0
+            token = operators.issue_token(session, city, args.worker_id, days=settings.operator_token_days)
         except KeyError as error:
             print(error.args[0], file=sys.stderr)
             return 1
     worker = city.workers[args.worker_id]
     print(token)
     print(f"(operator {worker.id} {worker.name}, {worker.role}, "
-          f"{worker.grid_code or worker.department_code})", file=sys.stderr)
+          f"{worker.grid_code or worker.department_code}; expires in {settings.operator_token_days:g} days)",
+          file=sys.stderr)
     return 0
 
 
@@ -148,7 +153,7 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
     """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
     from gateway.domain import workflow
-    from gateway.domain.cases import IllegalTransition, transition
+    from gateway.domain.cases import IllegalTransition
     from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
     from gateway.roles import jobs
     from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory, utcnow
@@ -178,12 +183,9 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
                 queued = workflow.settle(session, world, case, actor, now, category=args.category, grid=args.grid,
                                          worker=city.workers.get(args.to or ""))
             elif args.action == "reject":
-                transition(session, case, "rejected", actor, args.reason, now)
-                queued = workflow.tell_resident(session, case, "rejected", reason=args.reason)
+                queued = workflow.reject(session, case, actor, args.reason, now)
             else:
-                transition(session, case, "merged", actor, f"into {args.into}", now)
-                case.merged_into = args.into
-                queued = workflow.tell_resident(session, case, "merged", into=args.into)
+                queued = workflow.merge(session, case, args.into, actor, now)
         except IllegalTransition as refused:
             print(refused, file=sys.stderr)
             return 1
@@ -267,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=command_cases)
 
     p = commands.add_parser("operator", help="operator access")
-    p.add_argument("action", choices=["token"])
+    p.add_argument("action", choices=["token", "revoke"],
+                   help="token: issue an API token; revoke: end all the worker's tokens and console sessions")
     p.add_argument("worker_id")
     p.set_defaults(run=command_operator_token)
 
