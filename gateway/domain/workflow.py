@@ -194,6 +194,37 @@ def _unit_name(city: City, case: CaseRow, level: int) -> str:
     return unit.name if unit else ""
 
 
+def reject(session: Session, case: CaseRow, actor: str, reason: str, now: datetime) -> list[OutboxRow]:
+    """Not the city's to handle: the case ends and the resident is told why."""
+    if not reason.strip():
+        raise IllegalTransition(case, "rejected", "a rejection needs a reason: the resident is told why")
+    transition(session, case, "rejected", actor, reason, now)
+    return tell_resident(session, case, "rejected", reason=reason)
+
+
+def merge(session: Session, case: CaseRow, into: str, actor: str, now: datetime) -> list[OutboxRow]:
+    """A duplicate joins the case it repeats; the resident is told which one to follow. The target
+    must be another case that exists and is not final, or the resident would follow nothing."""
+    target = session.scalar(select(CaseRow).where(CaseRow.number == into)) if into != case.number else None
+    if into == case.number:
+        raise IllegalTransition(case, "merged", "a case cannot be merged into itself")
+    if target is None:
+        raise IllegalTransition(case, "merged", f"there is no case {into} to merge it into")
+    if target.state in cases.FINAL_STATES:
+        raise IllegalTransition(case, "merged", f"case {into} is {target.state}: merge into an open case")
+    transition(session, case, "merged", actor, f"into {into}", now)
+    case.merged_into = into
+    return tell_resident(session, case, "merged", into=into)
+
+
+def add_note(session: Session, case: CaseRow, actor: str, note: str, now: datetime) -> None:
+    """An internal note on the case's timeline; its state does not change and nobody is messaged."""
+    if not note.strip():
+        raise IllegalTransition(case, case.state, "a note needs some text")
+    session.add(cases.CaseEventRow(case_id=case.id, at=now, actor=actor, from_state=case.state,
+                                   to_state=case.state, note=f"note: {note}"))
+
+
 # --- the grid workers' bot ------------------------------------------------------------------
 
 
