@@ -181,10 +181,10 @@ def create(session: Session, settings: Settings, tree: audience.GridTree, operat
         raise BroadcastError(400, str(error)) from error
     where = recipients_where(session, tree, expression, None, emergency=True)
     if scope is not None:
-        outside = count_residents(session, and_(where, not_(audience.in_grid(tree, scope))))
-        if outside:
-            raise BroadcastError(403, f"the audience includes {outside} resident(s) outside your jurisdiction "
-                                      f"({scope}); add `and grid:{scope}` or narrow it")
+        outside = session.scalar(select(ResidentRow.id).where(where, not_(audience.in_grid(tree, scope))).limit(1))
+        if outside is not None:  # no count: a count would tell how many residents outside carry a tag
+            raise BroadcastError(403, f"the audience reaches residents outside your jurisdiction ({scope}); "
+                                      f"add `and grid:{scope}` or narrow it")
     broadcast = BroadcastRow(title=title or expression, audience=expression, templates=texts,
                              emergency=emergency, state="created", scope=scope,
                              created_by=operator.id if operator else None, created_at=now, updated_at=now)
