@@ -19,6 +19,7 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
+from gateway import console
 from gateway.config import Settings
 from gateway.delivery import outbox
 from gateway.domain import cases, operators, report
@@ -127,25 +128,25 @@ async def twilio_status(request: web.Request) -> web.Response:
 
 
 async def current_operator(request: web.Request) -> Worker:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+    """The operator behind a live Bearer token, re-read from the roster on every request."""
+    token = operators.bearer_token(request.headers.get("Authorization"))
+    if token is None:
         raise InboundError(401, "operator token required: Authorization: Bearer <token>")
     sessions = request.app[SESSIONS]
-    city = request.app[CITY]
 
     def lookup() -> Worker | None:
         with sessions() as session:
-            return operators.authenticate(session, city, header.removeprefix("Bearer ").strip())
+            return operators.authenticate(session, token)
 
     worker = await asyncio.to_thread(lookup)
     if worker is None:
-        raise InboundError(401, "unknown operator token")
+        raise InboundError(401, "unknown, expired or revoked operator token, or no longer an operator")
     return worker
 
 
 async def api_cases(request: web.Request) -> web.Response:
     worker = await current_operator(request)
-    city, sessions = request.app[CITY], request.app[SESSIONS]
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
     try:
         limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError as bad:
@@ -155,7 +156,8 @@ async def api_cases(request: web.Request) -> web.Response:
         with sessions() as session:
             found = cases.find_cases(session, city, state=request.query.get("state"),
                                      grid=request.query.get("grid"), category=request.query.get("category"),
-                                     visible=operators.jurisdiction(city, worker), limit=limit)
+                                     visible=operators.jurisdiction(city, worker, settings.triage_department),
+                                     limit=limit)
             return [cases.case_view(session, case) for case in found]
 
     return web.json_response({"cases": await asyncio.to_thread(query)})
@@ -163,13 +165,13 @@ async def api_cases(request: web.Request) -> web.Response:
 
 async def api_case(request: web.Request) -> web.Response:
     worker = await current_operator(request)
-    city, sessions = request.app[CITY], request.app[SESSIONS]
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
     number = request.match_info["number"]
 
     def query() -> dict | None:
         with sessions() as session:
-            case = session.scalar(select(CaseRow).where(CaseRow.number == number,
-                                                              operators.jurisdiction(city, worker)))
+            visible = operators.jurisdiction(city, worker, settings.triage_department)
+            case = session.scalar(select(CaseRow).where(CaseRow.number == number, visible))
             return cases.case_view(session, case, with_history=True) if case else None
 
     view = await asyncio.to_thread(query)
@@ -194,7 +196,7 @@ async def api_report(request: web.Request) -> web.Response:
     def query() -> str:
         with sessions() as session:
             rows = report.unit_figures(session, city, level=level, since=since,
-                                       visible=operators.jurisdiction(city, worker))
+                                       visible=operators.jurisdiction(city, worker, settings.triage_department))
             return report.as_json(rows)
 
     return web.Response(text=await asyncio.to_thread(query), content_type="application/json")
@@ -221,6 +223,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/report", api_report)
     app.router.add_get("/healthz", health)
     broadcast_api.add_routes(app)
+    console.setup(app)
 
     async def close_intake(_app: web.Application) -> None:
         await intake.close()

@@ -1,0 +1,74 @@
+"""The operators' web console (issue 13), served by the gateway under /console/, plus the case
+action API `POST /api/cases/{number}/{action}`. Mounted by `setup(app)` from gateway.app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from gateway.console import base, cases, figures, notices
+from gateway.console.base import CONSOLE, Console
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+
+
+def _deliverer(app: web.Application):
+    """Queue sending of outbox rows after their transaction commits, as `gridline case` does; if Redis
+    is unreachable the sweeper finds the pending rows and queues them itself."""
+    from gateway import app as gateway
+    from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
+    from gateway.roles import jobs
+
+    settings = app[gateway.SETTINGS]
+    holder: dict[str, object] = {}
+
+    def deliver(outbox_ids: list[int]) -> None:
+        if not outbox_ids:
+            return
+        try:
+            if "queue" not in holder:
+                url = settings.redis_url or private_redis_url(settings.home)
+                holder["queue"] = queues(connect(url))[OUTBOUND_QUEUE]
+            jobs.enqueue_delivery(holder["queue"], outbox_ids)
+        except Exception:  # noqa: BLE001 - the sweeper re-queues pending rows; say so and carry on
+            log.warning("could not queue %d console message(s) now; the sweeper will", len(outbox_ids))
+
+    return deliver
+
+
+def setup(app: web.Application) -> None:
+    """Mount the console on the gateway app (after its settings, city and store are set)."""
+    from gateway import app as gateway
+
+    app[CONSOLE] = Console(app[gateway.SETTINGS], app[gateway.CITY], app[gateway.SESSIONS], _deliverer(app))
+    app.router.add_post(r"/api/cases/{number}/{action}", cases.api_case_action)
+    app.router.add_get("/console", lambda _request: base.redirect("/console/"))
+
+    console = web.Application(middlewares=[base.guard], client_max_size=base.MAX_FORM)
+    aiohttp_jinja2.setup(console, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                         undefined=jinja2.StrictUndefined)
+    routes = console.router
+    routes.add_get("/", cases.home)
+    routes.add_get("/signin", base.signin_form)
+    routes.add_post("/signin", base.signin_phone)
+    routes.add_post("/signin/code", base.signin_code)
+    routes.add_post("/signout", base.sign_out)
+    routes.add_get("/triage", cases.triage)
+    routes.add_get("/cases", cases.board)
+    routes.add_get("/cases/{number}", cases.detail)
+    routes.add_post("/cases/{number}/{action}", cases.case_action)
+    routes.add_get("/broadcasts", notices.composer)
+    routes.add_post("/broadcasts/preview", notices.preview)
+    routes.add_post("/broadcasts", notices.create)
+    routes.add_get("/broadcasts/{id}", notices.progress)
+    routes.add_get("/broadcasts/{id}/status.json", notices.progress_json)
+    routes.add_post(r"/broadcasts/{id}/{action:pause|resume|cancel}", notices.control)
+    routes.add_get("/figures", figures.figures)
+    routes.add_get("/figures.csv", figures.figures_csv)
+    routes.add_static("/static/", HERE / "static")
+    app.add_subapp("/console/", console)
