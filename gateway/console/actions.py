@@ -81,6 +81,8 @@ def perform(session: Session, world: World, operator: Worker, number: str, actio
                 raise Refused(400, "a reassignment needs `to`: the worker id to hand it to")
             queued = workflow.assign(session, world, case, worker, actor, now)
         elif action == "reject":
+            if not _field(fields, "reason"):
+                raise Refused(400, "a rejection needs a reason: the resident is told why")
             queued = workflow.reject(session, case, actor, _field(fields, "reason"), now)
         elif action == "merge":
             into = _field(fields, "into")

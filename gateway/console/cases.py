@@ -55,11 +55,20 @@ async def triage(request: web.Request) -> web.StreamResponse:
         waiting = session.scalars(select(CaseRow).where(
             CaseRow.queue == "triage", CaseRow.state == "received", _jurisdiction(console, worker))
             .order_by(CaseRow.created_at, CaseRow.id).limit(TRIAGE_LIMIT)).all()
-        return [{"case": case, "attachments": _attachments(session, case)} for case in waiting]
+        return [{"case": case, "attachments": _attachments(session, case), "suggestions": _suggestions(case)}
+                for case in waiting]
 
     return render(request, "triage.html", {
         "items": await console.run(work), "city": console.city, "staff": staff_choices(console, worker),
         "grids": level3_grids(console, worker), "notice": request.query.get("notice", "")})
+
+
+def _suggestions(case: CaseRow) -> list[dict]:
+    """The classifier's top three, or at least its own unsure verdict, for one-click settling."""
+    found = [s for s in case.triage_notes.get("suggestions", []) if s.get("category")][:3]
+    if not found and case.category:
+        found = [{"category": case.category, "score": case.confidence}]
+    return found
 
 
 def _attachments(session: Session, case: CaseRow) -> list[CaseAttachmentRow]:
