@@ -42,7 +42,7 @@ from rq.suspension import resume, suspend  # noqa: E402
 
 from gateway.config import load_settings  # noqa: E402
 from gateway.queues import INBOUND_QUEUE, connect  # noqa: E402
-from gateway.store import InboundRow, OutboxRow  # noqa: E402
+from gateway.store import DeliveryRow, InboundRow  # noqa: E402
 
 WRK_SCRIPT = """
 local bodies, signatures, position = {}, {}, 0
@@ -220,7 +220,7 @@ def main() -> None:
             time.sleep(1)
         drain = time.monotonic() - started
         with engine.connect() as connection:
-            acks = connection.execute(select(func.count()).select_from(OutboxRow)).scalar_one()
+            acks = connection.execute(select(func.count()).select_from(DeliveryRow)).scalar_one()
         print()
     finally:
         stack.send_signal(signal.SIGTERM)

@@ -132,6 +132,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for tests below the stack (rate limits, lanes' queues)."""
+    from gateway.queues import PrivateRedis
+
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def store_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A migrated SQLite store holding the sample city, for tests below the HTTP layer."""
     from gateway.roles.supervisor import prepare_store

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
+import redis
 from aiohttp import web
 
 from gateway.console import base, cases, figures, notices
@@ -18,25 +19,24 @@ HERE = Path(__file__).parent
 
 
 def _deliverer(app: web.Application):
-    """Queue sending of outbox rows after their transaction commits, as `gridline case` does; if Redis
-    is unreachable the sweeper finds the pending rows and queues them itself."""
+    """Hand delivery rows to their lanes after their transaction commits, as `gridline case` does; if
+    Redis is unreachable the sweeper finds the pending rows and hands them over itself."""
     from gateway import app as gateway
-    from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
-    from gateway.roles import jobs
+    from gateway.delivery import outbox
+    from gateway.queues import connect, private_redis_url
 
     settings = app[gateway.SETTINGS]
-    holder: dict[str, object] = {}
+    holder: dict[str, redis.Redis] = {}
 
-    def deliver(outbox_ids: list[int]) -> None:
-        if not outbox_ids:
+    def deliver(outgoing: list[outbox.Queued]) -> None:
+        if not outgoing:
             return
         try:
-            if "queue" not in holder:
-                url = settings.redis_url or private_redis_url(settings.home)
-                holder["queue"] = queues(connect(url))[OUTBOUND_QUEUE]
-            jobs.enqueue_delivery(holder["queue"], outbox_ids)
-        except Exception:  # noqa: BLE001 - the sweeper re-queues pending rows; say so and carry on
-            log.warning("could not queue %d console message(s) now; the sweeper will", len(outbox_ids))
+            if "redis" not in holder:
+                holder["redis"] = connect(settings.redis_url or private_redis_url(settings.home))
+            outbox.enqueue(holder["redis"], outgoing)
+        except redis.RedisError:  # the sweeper hands pending rows to their lanes: say so and carry on
+            log.warning("could not queue %d console message(s) now; the sweeper will", len(outgoing))
 
     return deliver
 

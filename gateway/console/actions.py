@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from gateway.domain import operators, workflow
 from gateway.domain.cases import IllegalTransition
 from gateway.domain.city import Worker
-from gateway.store import CaseRow, OutboxRow
+from gateway.store import CaseRow, DeliveryRow
 from gateway.world import World
 
 ACTIONS = ("assign", "reassign", "reject", "merge", "note", "escalate")
@@ -55,7 +55,7 @@ def _field(fields: Mapping[str, str], name: str) -> str:
 
 
 def perform(session: Session, world: World, operator: Worker, number: str, action: str,
-            fields: Mapping[str, str], now: datetime) -> tuple[CaseRow, list[OutboxRow]]:
+            fields: Mapping[str, str], now: datetime) -> tuple[CaseRow, list[DeliveryRow]]:
     """Do `action` on case `number` for `operator` in the caller's transaction; Refused says why not."""
     if action not in ACTIONS:
         raise Refused(404, f"no action {action!r}; actions are {', '.join(ACTIONS)}")

@@ -23,7 +23,7 @@ from adapters.phones import to_e164
 from gateway.config import Settings
 from gateway.domain import operators, workflow
 from gateway.domain.city import Worker
-from gateway.store import ConsoleSessionRow, OperatorAuditRow, OutboxRow, SignInCodeRow, WorkerRow
+from gateway.store import ConsoleSessionRow, DeliveryRow, OperatorAuditRow, SignInCodeRow, WorkerRow
 
 CODE_LIFETIME = timedelta(minutes=5)
 CODE_GUESSES = 5
@@ -54,7 +54,7 @@ def operator_by_phone(session: Session, phone: str) -> Worker | None:
     return operators.roster_operator(session, worker_id) if worker_id else None
 
 
-def request_code(session: Session, settings: Settings, phone: str, now: datetime) -> list[OutboxRow]:
+def request_code(session: Session, settings: Settings, phone: str, now: datetime) -> list[DeliveryRow]:
     """Send a sign-in code to the operator with this phone, if there is one and they are under the
     rate limit. The caller tells everyone the same thing, so the form reveals nobody's number."""
     worker = operator_by_phone(session, phone)

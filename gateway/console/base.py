@@ -25,6 +25,7 @@ from adapters.phones import NotAPhoneNumber
 from gateway.config import Settings
 from gateway.console import auth
 from gateway.console.i18n import LANGUAGES, translator
+from gateway.delivery import outbox
 from gateway.domain.city import City, Worker
 from gateway.store import utcnow
 from gateway.world import World
@@ -50,7 +51,7 @@ class Console:
     """What the console's handlers share: settings, city, store, a World for the workflow, delivery."""
 
     def __init__(self, settings: Settings, city: City, sessions: sessionmaker[Session],
-                 deliver: Callable[[list[int]], None]):
+                 deliver: Callable[[list[outbox.Queued]], None]):
         self.settings, self.city, self.sessions, self.deliver = settings, city, sessions, deliver
         # Case actions never classify, so the console's World carries no classifier (~100 MB saved).
         self.world = World(settings, city, None)  # type: ignore[arg-type]
@@ -196,10 +197,10 @@ async def signin_phone(request: web.Request) -> web.StreamResponse:
         return _signin_page(request, "phone", message=str(bad), status=400)
     now = utcnow()
 
-    def work(session: Session) -> list[int]:
-        queued = auth.request_code(session, console.settings, phone, now)
+    def work(session: Session) -> list[outbox.Queued]:
+        rows = auth.request_code(session, console.settings, phone, now)
         session.flush()
-        return [row.id for row in queued]
+        return outbox.queued(rows)
 
     console.deliver(await console.run(work))
     return _signin_page(request, "code", phone=phone, message=translator(request["lang"])("code_sent"))

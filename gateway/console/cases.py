@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from gateway.console import actions, auth
 from gateway.console.base import Console, console_of, form, operator, redirect, refusal, render
+from gateway.delivery import outbox
 from gateway.domain import operators
 from gateway.domain.cases import OPEN_STATES, TRANSITIONS, case_view
 from gateway.domain.city import Worker
-from gateway.store import CaseAttachmentRow, CaseEventRow, CaseRow, InboundRow, OutboxRow, utcnow
+from gateway.store import CaseAttachmentRow, CaseEventRow, CaseRow, DeliveryRow, InboundRow, utcnow
 
 BOARD_LIMIT = 200
 TRIAGE_LIMIT = 50
@@ -117,8 +118,8 @@ def _timeline(session: Session, case: CaseRow) -> list[dict[str, Any]]:
         kind = "note" if event.from_state == event.to_state and event.note.startswith("note: ") else "event"
         items.append((event.at, {"kind": kind, "at": event.at, "actor": event.actor, "from": event.from_state,
                                  "to": event.to_state, "note": event.note.removeprefix("note: ")}))
-    for row in session.scalars(select(OutboxRow).where(OutboxRow.case_id == case.id,
-                                                       OutboxRow.recipient == case.reporter)):
+    for row in session.scalars(select(DeliveryRow).where(DeliveryRow.case_id == case.id,
+                                                       DeliveryRow.recipient == case.reporter)):
         items.append((row.created_at, {"kind": "to_resident", "at": row.created_at, "text": row.body,
                                        "channel": row.channel, "state": row.state}))
     for row in session.scalars(select(InboundRow).where(InboundRow.case_id == case.id)):
@@ -153,19 +154,19 @@ async def _act(console: Console, worker: Worker, via: str, number: str, action: 
     (status, reason, case view)."""
     now = utcnow()
 
-    def work(session: Session) -> tuple[dict, list[int]]:
-        case, queued = actions.perform(session, console.world, worker, number, action, fields, now)
+    def work(session: Session) -> tuple[dict, list[outbox.Queued]]:
+        case, rows = actions.perform(session, console.world, worker, number, action, fields, now)
         auth.audit(session, worker, via, action, number, "ok", now)
         session.flush()
-        return case_view(session, case, with_history=True), [row.id for row in queued]
+        return case_view(session, case, with_history=True), outbox.queued(rows)
 
     try:
-        view, outbox_ids = await console.run(work)
+        view, outgoing = await console.run(work)
     except actions.Refused as refused:
         reason = refused.reason
         await console.run(lambda session: auth.audit(session, worker, via, action, number, reason, now))
         return refused.status, reason, None
-    console.deliver(outbox_ids)
+    console.deliver(outgoing)
     return 200, "ok", view
 
 
