@@ -26,6 +26,7 @@ from gateway.config import Settings
 from gateway.console import auth
 from gateway.console.i18n import LANGUAGES, translator
 from gateway.delivery import outbox
+from gateway.domain import replies
 from gateway.domain.city import City, Worker
 from gateway.store import utcnow
 from gateway.world import World
@@ -164,7 +165,8 @@ def context(request: web.Request) -> dict[str, Any]:
     """What every template sees."""
     console = console_of(request)
     signed_in = request.get("signed_in")
-    return {"t": translator(request.get("lang", "zh")), "lang": request.get("lang", "zh"),
+    lang = request.get("lang", "zh")
+    return {"t": translator(lang), "lang": lang, "state_name": lambda state: replies.state_name(state, lang),
             "me": signed_in.worker if signed_in else None, "csrf": signed_in.csrf if signed_in else
             request.get("pre_csrf", ""), "tz": console.settings.timezone, "local": console.local,
             "path": request.path}

@@ -104,6 +104,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "not_found": ("没有找到。", "Not found."),
     "forbidden": ("拒绝：", "Refused: "),
     "apply": ("确定", "Apply"),
+    "since": ("起始日期", "Since"),
 }
 
 
