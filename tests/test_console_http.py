@@ -11,8 +11,9 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import http_json, wait_for
 from tests.test_case_lifecycle import WORKER, WORKER_TOKEN, bot_messages
+from tests.test_sms_flow import CITY
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -78,3 +79,12 @@ def test_a_wrong_code_is_a_401_and_a_bad_phone_a_400(stack):
     assert wrong.status == 401
     bad = fetch(client, stack.url + "/console/signin", {"phone": "whatsapp:+1", "csrf": token})
     assert bad.status == 400 and "phone number" in bad.read().decode()
+
+
+def test_an_audience_outside_the_jurisdiction_is_refused_without_a_count(stack):
+    officer = next(w for w in CITY.workers.values() if w.role == "community_officer")
+    headers = {"Authorization": "Bearer " + stack.gridline("operator", "token", officer.id).stdout.strip()}
+    status, body = http_json("POST", f"{stack.url}/api/broadcasts",
+                             {"audience": "tag:elderly", "texts": {"zh": "通知"}}, headers)
+    assert status == 403 and "outside your jurisdiction" in body["error"]
+    assert not re.search(r"\d+ resident", body["error"])
