@@ -54,11 +54,14 @@ class Child:
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=env,
                                         start_new_session=True)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def terminate(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.process:
             try:
-                self.process.wait(timeout)
+                self.process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -148,10 +151,19 @@ class Supervisor:
                     child.start(env)
             time.sleep(0.5)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Web first (nothing new comes in), then the intake (it answers what the web handed it), then
+        everything else at once, each tier given `timeout` before it is killed; Redis last."""
         self.stopping = True
-        for child in reversed(self.children):
-            child.stop()
+        web = [c for c in self.children if c.module == "gateway.roles.web"]
+        intake = [c for c in self.children if c.module == "gateway.roles.intake"]
+        rest = [c for c in self.children if c not in web and c not in intake]
+        for tier in (web, intake, rest):
+            for child in tier:
+                child.terminate()
+            deadline = time.monotonic() + timeout
+            for child in tier:
+                child.wait_or_kill(deadline)
         if self.redis:
             self.redis.stop()
 
