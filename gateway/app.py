@@ -230,7 +230,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/report", api_report)
     app.router.add_get("/healthz", health)
     broadcast_api.add_routes(app)
-    console.setup(app)
+    console.setup(app, settings, city, sessions, current_operator)
 
     async def close_intake(_app: web.Application) -> None:
         await intake.close()

@@ -1,31 +1,32 @@
 """The operators' web console (issue 13), served by the gateway under /console/, plus the case
-action API `POST /api/cases/{number}/{action}`. Mounted by `setup(app)` from gateway.app."""
+action API `POST /api/cases/{number}/{action}`. Mounted by one `setup(...)` call in gateway.app."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
 import redis
 from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.config import Settings
 from gateway.console import base, cases, figures, notices
 from gateway.console.base import CONSOLE, Console
+from gateway.delivery import outbox
+from gateway.domain.city import City, Worker
+from gateway.queues import connect, private_redis_url
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 
 
-def _deliverer(app: web.Application):
+def _deliverer(settings: Settings) -> Callable[[list[outbox.Queued]], None]:
     """Hand delivery rows to their lanes after their transaction commits, as `gridline case` does; if
     Redis is unreachable the sweeper finds the pending rows and hands them over itself."""
-    from gateway import app as gateway
-    from gateway.delivery import outbox
-    from gateway.queues import connect, private_redis_url
-
-    settings = app[gateway.SETTINGS]
     holder: dict[str, redis.Redis] = {}
 
     def deliver(outgoing: list[outbox.Queued]) -> None:
@@ -41,13 +42,12 @@ def _deliverer(app: web.Application):
     return deliver
 
 
-def setup(app: web.Application) -> None:
-    """Mount the console on the gateway app (after its settings, city and store are set)."""
-    from gateway import app as gateway
-
-    app[CONSOLE] = Console(app[gateway.SETTINGS], app[gateway.CITY], app[gateway.SESSIONS], _deliverer(app))
+def setup(app: web.Application, settings: Settings, city: City, sessions: sessionmaker[Session],
+          current_operator: Callable[[web.Request], Awaitable[Worker]]) -> None:
+    """Mount the console on the gateway app; `current_operator` is the API's Bearer-token check."""
+    app[CONSOLE] = Console(settings, city, sessions, _deliverer(settings), current_operator)
     app.router.add_post(r"/api/cases/{number}/{action}", cases.api_case_action)
-    app.router.add_get("/console", lambda _request: base.redirect("/console/"))
+    app.router.add_get("/console", base.to_console)
 
     console = web.Application(middlewares=[base.guard], client_max_size=base.MAX_FORM)
     aiohttp_jinja2.setup(console, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,

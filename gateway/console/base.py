@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -52,8 +52,10 @@ class Console:
     """What the console's handlers share: settings, city, store, a World for the workflow, delivery."""
 
     def __init__(self, settings: Settings, city: City, sessions: sessionmaker[Session],
-                 deliver: Callable[[list[outbox.Queued]], None]):
+                 deliver: Callable[[list[outbox.Queued]], None],
+                 current_operator: Callable[[web.Request], Awaitable[Worker]]):
         self.settings, self.city, self.sessions, self.deliver = settings, city, sessions, deliver
+        self.current_operator = current_operator  # the API's Bearer-token check
         # Case actions never classify, so the console's World carries no classifier (~100 MB saved).
         self.world = World(settings, city, None)  # type: ignore[arg-type]
 
@@ -111,6 +113,10 @@ def refusal(request: web.Request, status: int, reason: str) -> web.Response:
 def redirect(location: str) -> web.Response:
     """A 303 to another console page (after a POST, so a reload does not repeat it)."""
     return web.Response(status=303, headers={"Location": location})
+
+
+async def to_console(_request: web.Request) -> web.Response:
+    return redirect("/console/")
 
 
 def _cookie(response: web.StreamResponse, console: Console, name: str, value: str, max_age: int | None) -> None:

@@ -190,9 +190,7 @@ async def case_action(request: web.Request) -> web.StreamResponse:
 
 async def api_case_action(request: web.Request) -> web.Response:
     """`POST /api/cases/{number}/{action}` with a Bearer token and a JSON object of fields."""
-    from gateway.app import current_operator  # the gateway imports this package, not the reverse
-
-    worker = await current_operator(request)
+    worker = await console_of(request).current_operator(request)
     try:
         body = json.loads(await request.read() or b"{}")
     except (ValueError, RecursionError) as bad:
