@@ -26,10 +26,11 @@ def opener() -> tuple[urllib.request.OpenerDirector, http.cookiejar.CookieJar]:
     return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect()), jar
 
 
-def fetch(client, url: str, form: dict | None = None):
+def fetch(client, url: str | urllib.request.Request, form: dict | None = None):
     data = urllib.parse.urlencode(form).encode() if form is not None else None
     try:
-        return client.open(urllib.request.Request(url, data=data), timeout=10)
+        return client.open(url if isinstance(url, urllib.request.Request) else urllib.request.Request(url, data=data),
+                           timeout=10)
     except urllib.error.HTTPError as error:
         return error
 
@@ -88,3 +89,15 @@ def test_an_audience_outside_the_jurisdiction_is_refused_without_a_count(stack):
                              {"audience": "tag:elderly", "texts": {"zh": "通知"}}, headers)
     assert status == 403 and "outside your jurisdiction" in body["error"]
     assert not re.search(r"\d+ resident", body["error"])
+
+
+@pytest.mark.parametrize("body, content_type, status", [
+    (b"csrf=%ED%A0%80&phone=1", "application/x-www-form-urlencoded", 403),  # a lone surrogate's bytes
+    (b"csrf=\xff\xfe&phone=\xff", "application/x-www-form-urlencoded", 403),
+    (b"--x\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nA\r\n--x--\r\n", "multipart/form-data; boundary=x",
+     415),
+    (b"{}", "application/json", 415),
+])
+def test_odd_forms_are_refused_not_failed(stack, body, content_type, status):
+    request = urllib.request.Request(stack.url + "/console/signin", data=body, headers={"Content-Type": content_type})
+    assert fetch(opener()[0], request).status == status

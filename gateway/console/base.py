@@ -97,6 +97,8 @@ async def form(request: web.Request) -> MultiDictProxy[str]:
     """The posted form, decoded strictly; what cannot be read is the sender's 400."""
     if request.content_length is not None and request.content_length > MAX_FORM:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM, actual_size=request.content_length)
+    if request.content_type != "application/x-www-form-urlencoded":  # the console's forms; every value a str
+        raise web.HTTPUnsupportedMediaType(text="expected application/x-www-form-urlencoded")
     if "form" not in request:
         try:
             request["form"] = await request.post()
@@ -124,6 +126,13 @@ def _cookie(response: web.StreamResponse, console: Console, name: str, value: st
                         secure=console.secure)
 
 
+def _same(posted: object, expected: str | None) -> bool:
+    """A CSRF token matches, in constant time; anything that is not a non-empty string does not."""
+    if not isinstance(posted, str) or not posted or not expected:
+        return False
+    return hmac.compare_digest(posted.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
+
+
 @web.middleware
 async def guard(request: web.Request, handler) -> web.StreamResponse:
     """Headers on everything; a session for every page but sign-in; a CSRF token on every POST."""
@@ -144,8 +153,7 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
     if request.path.startswith(OPEN_PATHS):
         request["signed_in"] = None
         if request.method == "POST":
-            posted = (await form(request)).get("csrf", "")
-            if not hmac.compare_digest(posted.encode(), request.cookies.get(PRE_COOKIE, "").encode()) or not posted:
+            if not _same((await form(request)).get("csrf"), request.cookies.get(PRE_COOKIE)):
                 return refusal(request, 403, "CSRF token missing or wrong: reload the sign-in page and try again")
         return await handler(request)
     token = request.cookies.get(SESSION_COOKIE, "")
@@ -156,8 +164,7 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
         return redirect("/console/signin")
     request["signed_in"] = signed_in
     if request.method == "POST":
-        posted = (await form(request)).get("csrf", "") or request.headers.get("X-CSRF-Token", "")
-        if not posted or not hmac.compare_digest(posted.encode(), signed_in.csrf.encode()):
+        if not _same((await form(request)).get("csrf") or request.headers.get("X-CSRF-Token"), signed_in.csrf):
             return refusal(request, 403, "CSRF token missing or wrong: reload the page and try again")
     return await handler(request)
 
