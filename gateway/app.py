@@ -18,6 +18,7 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import Channel, DeliveryStatus, InboundError, InboundMessage, Request, Route
 from broadcasts import api as broadcast_api
+from gateway import console
 from gateway.config import Settings
 from gateway.delivery import channels
 from gateway.delivery.reports import ReportWriter
@@ -115,25 +116,25 @@ async def apply_statuses(request: web.Request, reports: list[DeliveryStatus]) ->
 
 
 async def current_operator(request: web.Request) -> Worker:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+    """The operator behind a live Bearer token, re-read from the roster on every request."""
+    token = operators.bearer_token(request.headers.get("Authorization"))
+    if token is None:
         raise InboundError(401, "operator token required: Authorization: Bearer <token>")
     sessions = request.app[SESSIONS]
-    city = request.app[CITY]
 
     def lookup() -> Worker | None:
         with sessions() as session:
-            return operators.authenticate(session, city, header.removeprefix("Bearer ").strip())
+            return operators.authenticate(session, token)
 
     worker = await asyncio.to_thread(lookup)
     if worker is None:
-        raise InboundError(401, "unknown operator token")
+        raise InboundError(401, "unknown, expired or revoked operator token, or no longer an operator")
     return worker
 
 
 async def api_cases(request: web.Request) -> web.Response:
     worker = await current_operator(request)
-    city, sessions = request.app[CITY], request.app[SESSIONS]
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
     known_only(request.query, ("limit", "state", "grid", "category"))
     limit = integer(request.query.get("limit", "100"), "limit", 1, 1000)
     state, grid, category = (code(request.query[name], name) if name in request.query else None
@@ -142,7 +143,8 @@ async def api_cases(request: web.Request) -> web.Response:
     def query() -> list[dict]:
         with sessions() as session:
             found = cases.find_cases(session, city, state=state, grid=grid, category=category,
-                                     visible=operators.jurisdiction(city, worker), limit=limit)
+                                     visible=operators.jurisdiction(city, worker, settings.triage_department),
+                                     limit=limit)
             return [cases.case_view(session, case) for case in found]
 
     return web.json_response({"cases": await asyncio.to_thread(query)})
@@ -150,7 +152,7 @@ async def api_cases(request: web.Request) -> web.Response:
 
 async def api_case(request: web.Request) -> web.Response:
     worker = await current_operator(request)
-    city, sessions = request.app[CITY], request.app[SESSIONS]
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
     number = request.match_info["number"]
     known_only(request.query, ())
     if not CASE_NUMBER.fullmatch(number):  # never a case number, so never a case: no query needed
@@ -158,8 +160,8 @@ async def api_case(request: web.Request) -> web.Response:
 
     def query() -> dict | None:
         with sessions() as session:
-            case = session.scalar(select(CaseRow).where(CaseRow.number == number,
-                                                              operators.jurisdiction(city, worker)))
+            visible = operators.jurisdiction(city, worker, settings.triage_department)
+            case = session.scalar(select(CaseRow).where(CaseRow.number == number, visible))
             return cases.case_view(session, case, with_history=True) if case else None
 
     view = await asyncio.to_thread(query)
@@ -181,7 +183,7 @@ async def api_report(request: web.Request) -> web.Response:
     def query() -> str:
         with sessions() as session:
             rows = report.unit_figures(session, city, level=level, since=since,
-                                       visible=operators.jurisdiction(city, worker))
+                                       visible=operators.jurisdiction(city, worker, settings.triage_department))
             return report.as_json(rows)
 
     return web.Response(text=await asyncio.to_thread(query), content_type="application/json")
@@ -215,6 +217,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", health)
     app.router.add_get("/api/openapi.json", openapi)
     broadcast_api.add_routes(app)
+    console.setup(app, settings, city, sessions, current_operator)
 
     async def close_intake(_app: web.Application) -> None:
         await intake.close()

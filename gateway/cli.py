@@ -144,14 +144,19 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
     with session_factory(make_engine(settings.sqlalchemy_url))() as session, session.begin():
         city = load_city_from_store(session)
         try:
-            token = operators.issue_token(session, city, args.worker_id)
+            if args.action == "revoke":
+                ended = operators.revoke(session, args.worker_id)
+                print(f"operator {args.worker_id}: {ended} token(s) and console session(s) ended")
+                return 0
+            token = operators.issue_token(session, city, args.worker_id, days=settings.operator_token_days)
         except KeyError as error:
             print(error.args[0], file=sys.stderr)
             return 1
     worker = city.workers[args.worker_id]
     print(token)
     print(f"(operator {worker.id} {worker.name}, {worker.role}, "
-          f"{worker.grid_code or worker.department_code})", file=sys.stderr)
+          f"{worker.grid_code or worker.department_code}; expires in {settings.operator_token_days:g} days)",
+          file=sys.stderr)
     return 0
 
 
@@ -301,7 +306,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=command_cases)
 
     p = commands.add_parser("operator", help="operator access")
-    p.add_argument("action", choices=["token"])
+    p.add_argument("action", choices=["token", "revoke"],
+                   help="token: issue an API token; revoke: end all the worker's tokens and console sessions")
     p.add_argument("worker_id")
     p.set_defaults(run=command_operator_token)
 

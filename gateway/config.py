@@ -89,6 +89,10 @@ class Settings:
     broadcast_batch: int = 500  # deliveries per rq job
     broadcast_concurrency: int = 50  # provider calls in flight per job
     broadcast_claim_timeout: float = 30.0  # seconds in `sending` before a delivery counts as stuck
+    # Operator access: API token lifetime; console sessions end after idling or at the absolute limit.
+    operator_token_days: float = 30.0
+    console_idle_minutes: float = 30.0
+    console_session_hours: float = 12.0
     routing_overrides: tuple[RoutingOverride, ...] = field(default_factory=tuple)
 
     @property

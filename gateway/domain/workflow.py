@@ -231,6 +231,14 @@ def merge(session: Session, case: CaseRow, into: str, actor: str, now: datetime)
     return tell_resident(session, case, "merged", into=into)
 
 
+def add_note(session: Session, case: CaseRow, actor: str, note: str, now: datetime) -> None:
+    """An internal note on the case's timeline; its state does not change and nobody is messaged."""
+    if not note.strip():
+        raise IllegalTransition(case, case.state, "a note needs some text")
+    session.add(cases.CaseEventRow(case_id=case.id, at=now, actor=actor, from_state=case.state,
+                                   to_state=case.state, note=f"note: {note}"))
+
+
 # --- the grid workers' bot ------------------------------------------------------------------
 
 

@@ -284,6 +284,47 @@ class OperatorTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     worker_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)  # None only for tokens issued before expiry
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class SignInCodeRow(Base):
+    """A one-time console sign-in code sent to an operator's chat or phone; only its hash is kept."""
+
+    __tablename__ = "console_codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    code_hash: Mapped[str] = mapped_column(String(100))  # salt$sha256
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session; the cookie holds the token, the store its hash."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)  # the absolute limit
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class OperatorAuditRow(Base):
+    """Every action an operator takes in the console or the API, and whether it was allowed."""
+
+    __tablename__ = "operator_audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    via: Mapped[str] = mapped_column(String(16))  # console or api
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(Text, default="ok")  # "ok" or the refusal's reason
 
 
 # --- engine, migrations, city import ----------------------------------------------------------
