@@ -1,5 +1,6 @@
-"""Shared fixtures: a real private Redis, a real SQLite store with the sample city, and a whole
-running Gridline (`gridline up` in a subprocess) talking to the loopback Twilio sandbox."""
+"""Shared fixtures: a real private Redis, a real store with the sample city (SQLite, and a throwaway
+PostgreSQL cluster when the server is installed), and a whole running Gridline (`gridline up` in a
+subprocess) talking to the loopback Twilio sandbox."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings, load_settings
+from tests.postgres import Cluster, postgres_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -112,9 +114,45 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def postgres() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session. In CI (CI=true) a missing server fails the run."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (Debian's postgresql package): its tests cannot run"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = Cluster(bin_dir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+DIALECTS = ("sqlite", "postgresql")
+
+
+def database_for(dialect: str, request: pytest.FixtureRequest) -> Callable[[Path], str]:
+    """home → the URL of a new, empty database of this dialect (a SQLite file in home)."""
+    if dialect == "sqlite":
+        return lambda home: f"sqlite:///{(home / 'gridline.db').resolve()}"
+    cluster: Cluster = request.getfixturevalue("postgres")
+    return lambda _home: cluster.database()
+
+
+@pytest.fixture(scope="session", params=DIALECTS)
+def new_database(request: pytest.FixtureRequest) -> Callable[[Path], str]:
+    """Store-level tests run once per dialect: this makes each of their databases."""
+    return database_for(request.param, request)
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A whole `gridline up`; on PostgreSQL too, in the full tier."""
     home = tmp_path_factory.mktemp("gridline-home")
     env = stack_environment(home)
+    if request.param == "postgresql":
+        env["GRIDLINE_DATABASE_URL"] = database_for("postgresql", request)(home)
     log_path = home / "gridline.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], env=env, cwd=ROOT,
@@ -132,10 +170,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def store_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A migrated SQLite store holding the sample city, for tests below the HTTP layer."""
+def store_settings(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[Path], str]) -> Settings:
+    """A migrated store holding the sample city, for tests below the HTTP layer (each dialect)."""
     from gateway.roles.supervisor import prepare_store
 
-    settings = replace(load_settings({}), home=tmp_path_factory.mktemp("store"), config_dir=CONFIG)
+    home = tmp_path_factory.mktemp("store")
+    settings = replace(load_settings({}), home=home, config_dir=CONFIG, database_url=new_database(home))
     prepare_store(settings)
     return settings

@@ -38,14 +38,15 @@ class RecordingQueue:
     enqueue_in = None  # a retry would need it; none is expected here
 
 
-def test_telegram_first_then_sms_for_a_blocked_chat(tmp_path):
+def test_telegram_first_then_sms_for_a_blocked_chat(tmp_path, new_database):
     residents = [r for r in CITY.residents.values() if r.grid_code.startswith(GRID + "-")]
     linked = [r for r in residents if r.telegram_chat_id]
     assert len(linked) >= 2 and len(linked) < len(residents)
     blocked = linked[0]
     with fake_twilio_server() as twilio, fake_telegram_server(BOT) as telegram:
         settings = replace(load_settings({}), home=tmp_path, config_dir=CONFIG, twilio_api_base=twilio.url,
-                           quiet_hours="", sms_signature="【签名】", sms_rate_limit=0, telegram_rate_limit=0)
+                           quiet_hours="", sms_signature="【签名】", sms_rate_limit=0, telegram_rate_limit=0,
+                           database_url=new_database(tmp_path))
         prepare_store(settings)
         assert http_json("POST", f"{telegram.url}/_sandbox/blocked", {"chat_id": blocked.telegram_chat_id})[0] == 200
         sessions = session_factory(make_engine(settings.sqlalchemy_url))
