@@ -58,6 +58,7 @@ class Settings:
     classifier_threshold: float = 0.5
     sweep_interval: float = 2.0  # seconds between sweeps for work rq lost
     stale_after: float = 10.0  # seconds before unfinished work counts as lost
+    sweeper_lease: float = 10.0  # seconds a dead sweeper's lease outlives it before a standby takes over
     # Broadcasts (broadcasts/): signature, quiet hours, provider rate limits and the cost estimate.
     sms_signature: str = ""  # put before every broadcast SMS, e.g. 【某区网格中心】
     quiet_hours: str = "21:00-08:00"  # local time when non-emergency notices wait; "" = none

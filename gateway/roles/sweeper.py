@@ -3,7 +3,8 @@
 rq drops a job whose worker is killed (FACTS.md: it sits STARTED, then lands in the failed
 registry, never re-run). So every few seconds, when a queue has drained, anything the store
 still shows as unfinished gets a new job: unprocessed inbound messages, pending outbox rows,
-and rows stuck in `sending`, which are first reconciled with the provider.
+and rows stuck in `sending`, which are first reconciled with the provider. Every host may run a
+sweeper: a lease in Redis lets one act at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from broadcasts.fanout import sweep as broadcast_sweep
 from gateway.delivery import outbox
+from gateway.lease import Lease
 from gateway.logs import setup_logging
 from gateway.queues import CLOCK_QUEUE, INBOUND_QUEUE, OUTBOUND_QUEUE
 from gateway.roles import jobs
@@ -59,14 +61,27 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # One sweeper acts across all hosts (gateway/lease.py); the others stand by and take over
+    # when its lease runs out.
+    lease = Lease(ctx.queues[CLOCK_QUEUE].connection, "sweeper", ctx.settings.sweeper_lease)
+    acting: int | None = None
+    announced = False
     while running:
         try:
-            found = sweep_once(ctx)
-            if any(found.values()):
-                log.info("re-enqueued lost work: %s", found)
+            token = lease.hold()
+            if token != acting or not announced:
+                announced = True
+                log.info("sweeper %s: %s", lease.holder, f"acting, token {token}" if token else "standing by")
+                acting = token
+            if token is not None:
+                found = sweep_once(ctx)
+                if any(found.values()):
+                    log.info("re-enqueued lost work: %s", found)
         except Exception:
             log.exception("sweep failed; trying again")
         time.sleep(ctx.settings.sweep_interval)
+    if acting is not None:
+        lease.release()
 
 
 if __name__ == "__main__":
