@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from dataclasses import replace
 from datetime import datetime
 
@@ -19,10 +20,12 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
+from gateway import metrics
 from gateway.config import Settings
 from gateway.delivery import outbox
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
+from gateway.logs import REQUEST_ID
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
 from gateway.world import BOTS
@@ -38,12 +41,33 @@ SESSIONS = web.AppKey("sessions", sessionmaker)
 
 
 @web.middleware
+async def request_ids(request: web.Request, handler) -> web.StreamResponse:
+    """Each request's id (the caller's X-Request-Id, else a new one) goes on its log lines and its answer."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    REQUEST_ID.set(request_id)  # aiohttp runs each request in a task of its own: no reset needed
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
 async def refusals(request: web.Request, handler) -> web.StreamResponse:
     """Every refusal is a 4xx with a reason the caller can read, never a stack trace."""
     try:
         return await handler(request)
     except InboundError as error:
+        if (channel := webhook_channel(request)) is not None:
+            metrics.inbound(channel, "unavailable" if error.status == 503 else f"refused_{error.status}")
         return web.json_response({"error": error.reason}, status=error.status)
+
+
+def webhook_channel(request: web.Request) -> str | None:
+    """The inbound channel a webhook request is for (None for anything else, delivery reports included)."""
+    if request.path == "/webhooks/twilio/sms":
+        return "sms"
+    if request.path.startswith("/webhooks/telegram/"):
+        return BOTS.get(request.match_info.get("bot", ""), "unknown")
+    return None
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -77,9 +101,10 @@ async def twilio_verified_form(request: web.Request) -> MultiDict[str]:
 async def store(request: web.Request, message: InboundMessage) -> None:
     """Persist before acknowledging; if the store is down the provider hears 503 and retries."""
     try:
-        await request.app[INTAKE].store(message)
+        is_new = await request.app[INTAKE].store(message)
     except Exception as error:
         raise InboundError(503, "store unavailable, retry later") from error
+    metrics.inbound(message.channel, "stored" if is_new else "duplicate")
 
 
 async def twilio_inbound_sms(request: web.Request) -> web.Response:
@@ -211,7 +236,7 @@ def create_app(settings: Settings) -> web.Application:
         city = load_city_from_store(session)
     intake = Intake(socket_path(settings), engine)
 
-    app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_ids, refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
     app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
     app.router.add_post("/webhooks/twilio/status", twilio_status)

@@ -106,7 +106,7 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
     env.update({
         "GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(CONFIG),
         "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
-        "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()),
+        "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_METRICS_PORT": str(free_port()),
         "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
     })
     env.update(overrides)

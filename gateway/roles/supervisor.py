@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
-from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
+from gateway.store import city_imported, exclusive, import_city, make_engine, migrate, session_factory
 
 log = logging.getLogger("gridline")
 
@@ -31,13 +33,19 @@ def prepare_store(settings: Settings) -> None:
     """Migrate the database and, on first start, import the city from the config folder."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    with sessions() as session, session.begin():
-        if not city_imported(session):
-            counts = import_city(session, load_city(settings.city_dir))
-            log.info("imported the city from %s: %s", settings.city_dir, counts)
+    with exclusive(engine, "prepare_store"):  # several hosts may start at once on PostgreSQL
+        migrate(engine)
+        sessions = session_factory(engine)
+        with sessions() as session, session.begin():
+            if not city_imported(session):
+                counts = import_city(session, load_city(settings.city_dir))
+                log.info("imported the city from %s: %s", settings.city_dir, counts)
     engine.dispose()
+
+
+def metrics_folder(settings: Settings) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR for this host's processes."""
+    return settings.home.resolve() / "metrics"
 
 
 @dataclass
@@ -77,11 +85,15 @@ class Supervisor:
             "GRIDLINE_HOME": str(s.home.resolve()), "GRIDLINE_CONFIG_DIR": str(s.config_dir.resolve()),
             "GRIDLINE_REDIS_URL": s.redis_url, "GRIDLINE_TWILIO_API_BASE": s.twilio_base,
             "GRIDLINE_PUBLIC_URL": s.base_url, "GRIDLINE_TELEGRAM_API_BASE": s.telegram_base,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder(s)),
         })
         return env
 
     def start(self) -> None:
         prepare_store(self.settings)
+        # Counters from an earlier run would be summed with this one's (gateway/metrics.py).
+        shutil.rmtree(metrics_folder(self.settings), ignore_errors=True)
+        metrics_folder(self.settings).mkdir(parents=True)
         if self.redis:
             self.settings = replace(self.settings, redis_url=self.redis.start())
             log.info("private redis-server on %s", self.redis.socket)
@@ -98,6 +110,8 @@ class Supervisor:
         self.children += [Child(f"web-{n}", "gateway.roles.web") for n in range(self.settings.web_processes)]
         if self.settings.telegram_polling:
             self.children.append(Child("telegram-poller", "gateway.roles.telegram_poller"))
+        if self.settings.metrics_port:
+            self.children.append(Child("metrics", "gateway.roles.metrics"))
         env = self.child_environment()
         for child in self.children:
             child.start(env)

@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from broadcasts.fanout import sweep as broadcast_sweep
+from gateway import metrics
 from gateway.delivery import outbox
 from gateway.lease import Lease
 from gateway.logs import setup_logging
@@ -33,20 +34,26 @@ def sweep_once(ctx: jobs.WorkerContext) -> dict[str, int]:
     stale = timedelta(seconds=ctx.settings.stale_after)
     with ctx.sessions() as session:
         if ctx.queues[INBOUND_QUEUE].count == 0:
-            ids = list(session.scalars(
-                select(InboundRow.id)
-                .where(InboundRow.processed_at.is_(None), InboundRow.received_at < utcnow() - stale)
-                .order_by(InboundRow.id).limit(10 * jobs.IDS_PER_JOB)))
-            jobs.enqueue_inbound(ctx.queues[INBOUND_QUEUE], ids)
+            with metrics.duty("inbound"):
+                ids = list(session.scalars(
+                    select(InboundRow.id)
+                    .where(InboundRow.processed_at.is_(None), InboundRow.received_at < utcnow() - stale)
+                    .order_by(InboundRow.id).limit(10 * jobs.IDS_PER_JOB)))
+                jobs.enqueue_inbound(ctx.queues[INBOUND_QUEUE], ids)
             found["inbound"] = len(ids)
         if ctx.queues[OUTBOUND_QUEUE].count == 0:
-            ids = outbox.reconcile_stuck(session, ctx.senders, STUCK_AFTER)
-            ids += outbox.due_rows(session, stale)
-            for start in range(0, len(ids), jobs.IDS_PER_JOB):
-                jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + jobs.IDS_PER_JOB])
+            with metrics.duty("outbox"):
+                ids = outbox.reconcile_stuck(session, ctx.senders, STUCK_AFTER)
+                ids += outbox.due_rows(session, stale)
+                for start in range(0, len(ids), jobs.IDS_PER_JOB):
+                    jobs.enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], ids[start:start + jobs.IDS_PER_JOB])
             found["outbox"] = len(ids)
-    found.update(broadcast_sweep(ctx))
-    jobs.enqueue_tick(ctx.queues[CLOCK_QUEUE])  # deadlines: reminders and escalations
+    with metrics.duty("broadcasts"):
+        found.update(broadcast_sweep(ctx))
+    with metrics.duty("clock"):
+        jobs.enqueue_tick(ctx.queues[CLOCK_QUEUE])  # deadlines: reminders and escalations
+    for name, count in found.items():
+        metrics.SWEEPER_FOUND.labels(name).inc(count)
     return found
 
 

@@ -7,6 +7,9 @@ Schema changes go through Alembic (`gateway/store/migrations`); `migrate()` brin
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -317,6 +321,25 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[None]:
+    """One process at a time across hosts, on PostgreSQL: a session advisory lock, released when
+    the block ends or its connection dies. Hosts starting together must not both migrate or import
+    the city. A SQLite file belongs to one host, and SQLite serialises writers itself."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = zlib.crc32(name.encode())
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
 
 
 CITY_TABLES = (GridRow, PlaceRow, DepartmentRow, CategoryRow, AppealTypeRow, WorkerRow, ResidentRow)
