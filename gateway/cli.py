@@ -144,6 +144,17 @@ def command_tick(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_backup(settings: Settings, args: argparse.Namespace) -> int:
+    """A consistent copy of the store while Gridline runs (gateway/store/backup.py)."""
+    from gateway.store.backup import backup
+
+    if args.destination.exists():
+        print(f"{args.destination} exists: choose a new file", file=sys.stderr)
+        return 1
+    print(backup(settings.sqlalchemy_url, args.destination))
+    return 0
+
+
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
     """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
@@ -251,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import", help="import a city's CSV exports into the store")
     p.add_argument("folder", type=Path)
     p.set_defaults(run=command_import)
+
+    p = commands.add_parser("backup", help="copy the store while it runs (SQLite online backup, or pg_dump)")
+    p.add_argument("destination", type=Path)
+    p.set_defaults(run=command_backup)
 
     p = commands.add_parser("sms", help="text the running gateway as a resident would (signed webhook)")
     p.add_argument("text")
