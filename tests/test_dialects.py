@@ -3,17 +3,29 @@ the ON CONFLICT paths, the case-number counter under concurrent writers, and tim
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from adapters import InboundMessage
 from gateway.domain.cases import next_case_number
+from gateway.domain.city import load_city
 from gateway.pipeline import set_opt_out
 from gateway.roles.intake import insert_on_sqlite, insert_with_core
-from gateway.store import CaseCounterRow, ContactRow, InboundRow, make_engine, migrate, session_factory
+from gateway.store import (
+    CaseCounterRow,
+    ContactRow,
+    InboundRow,
+    ResidentRow,
+    make_engine,
+    migrate,
+    session_factory,
+)
+from tests.conftest import CONFIG, ROOT, stack_environment
 
 
 def messages(prefix: str, count: int) -> list[InboundMessage]:
@@ -117,3 +129,17 @@ def test_naive_utc_times_round_trip_whatever_the_server_zone(postgres, server_zo
                                  .where(InboundRow.received_at < datetime(2026, 11, 1, 5, 30, 0, 1))).all()
         assert before == ["SM-tz-0"]
     engine.dispose()
+
+
+def test_hosts_starting_together_migrate_and_import_once(postgres, tmp_path):
+    """Three `gridline migrate` at once on one PostgreSQL: the advisory lock lets one do the work."""
+    url = postgres.database()
+    runs = [subprocess.Popen([sys.executable, "-m", "gateway.cli", "migrate"], cwd=ROOT,
+                             env=stack_environment(tmp_path / f"host-{n}", GRIDLINE_DATABASE_URL=url),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(3)]
+    outcomes = [(run.wait(120), run.stderr.read()) for run in runs]
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    assert sum("imported the city" in err for _, err in outcomes) == 1
+    with session_factory(make_engine(url))() as session:
+        residents = session.scalar(select(func.count()).select_from(ResidentRow))
+    assert residents == len(load_city(CONFIG / "city").residents)
