@@ -146,9 +146,20 @@ def new_database(request: pytest.FixtureRequest) -> Callable[[Path], str]:
     return database_for(request.param, request)
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+# Fixtures that start a whole `gridline up`: their tests are the full tier (`make test`), so the
+# quick tier (`pytest -m "not slow"`) stays about a minute.
+STACK_FIXTURES = {"stack", "bstack", "fstack", "stacks"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", params=DIALECTS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A whole `gridline up`; on PostgreSQL too, in the full tier."""
+    """A whole `gridline up`, on each dialect."""
     home = tmp_path_factory.mktemp("gridline-home")
     env = stack_environment(home)
     if request.param == "postgresql":
