@@ -46,7 +46,7 @@ from rq.suspension import resume, suspend  # noqa: E402
 
 from gateway.config import load_settings  # noqa: E402
 from gateway.queues import INBOUND_QUEUE, connect  # noqa: E402
-from gateway.store import InboundRow, OutboxRow  # noqa: E402
+from gateway.store import DeliveryRow, InboundRow  # noqa: E402
 
 WRK_SCRIPT = """
 local bodies, signatures, position = {}, {}, 0
@@ -221,7 +221,7 @@ def measure(args: argparse.Namespace, database: str) -> dict:
             time.sleep(1)
         drain = time.monotonic() - started
         with engine.connect() as connection:
-            acks = connection.execute(select(func.count()).select_from(OutboxRow)).scalar_one()
+            acks = connection.execute(select(func.count()).select_from(DeliveryRow)).scalar_one()
         engine.dispose()
         print()
     finally:

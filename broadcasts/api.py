@@ -1,4 +1,4 @@
-"""Broadcasts over HTTP: the operator API under /api/broadcasts, and Twilio's delivery reports.
+"""Broadcasts over HTTP: the operator API under /api/broadcasts.
 
     GET  /api/broadcasts                       the operator's broadcasts, newest first
     POST /api/broadcasts/preview               {"audience", "texts", "emergency"} → size, split, sample, cost
@@ -8,72 +8,30 @@
     GET  /api/broadcasts/{id}/preview
     POST /api/broadcasts/{id}/send             {"send_at": "2026-07-01T09:00"} optional (local time)
     POST /api/broadcasts/{id}/pause|resume|cancel
-
-Delivery reports arrive thousands a second during a big broadcast, so they are group-committed:
-reports that arrive together share one transaction on the web process's store thread
-(`Intake.run`), and each is answered only once stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapters import InboundError, twilio_sms
+from adapters import InboundError
 from broadcasts import service
 from broadcasts.audience import GridTree
-from broadcasts.models import DELIVERY_RANK, BroadcastRow, DeliveryRow
+from broadcasts.models import BroadcastRow
 from broadcasts.schedule import parse_when
-from broadcasts.senders import STATUS_PATH
 from gateway.config import Settings
 from gateway.domain.city import Worker
-from gateway.roles.intake import Intake
 from gateway.store import utcnow
 
 log = logging.getLogger(__name__)
-
-# Twilio's statuses that move a delivery; queued / sending add nothing to our own `sending`.
-REPORTED = {"sent": "sent", "delivered": "delivered", "read": "delivered", "undelivered": "undelivered",
-            "failed": "failed"}
-
-
-class ReportWriter:
-    """Group commit for delivery reports, on the web process's store thread."""
-
-    def __init__(self, intake: Intake):
-        self._intake = intake
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task | None = None
-
-    async def store(self, report: dict[str, Any]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((report, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                await self._intake.run(lambda session, batch=batch: apply_reports(session, [r for r, _ in batch]))
-            except Exception as error:  # the store is down: Twilio hears 5xx and the callers see why
-                log.exception("storing %d delivery reports failed", len(batch))
-                for _, future in batch:
-                    if not future.done():  # a caller that hung up has a cancelled future
-                        future.set_exception(error)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
 
 
 @dataclass
@@ -83,40 +41,10 @@ class Handlers:
     settings: Settings
     sessions: sessionmaker[Session]
     tree: GridTree
-    reports: ReportWriter
     current_operator: Callable[[web.Request], Awaitable[Worker]]
-    verified_form: Callable[[web.Request], Awaitable[Any]]
 
 
 HANDLERS = web.AppKey("broadcasts", Handlers)
-
-
-def apply_reports(session: Session, reports: list[dict[str, Any]]) -> None:
-    """Move each delivery forward only (reports race each other); one statement per target state."""
-    table = DeliveryRow.__table__
-    by_state: dict[str, list[dict]] = defaultdict(list)
-    for report in reports:
-        by_state[report["state"]].append(report)
-    for state, rows in by_state.items():
-        earlier = [s for s in ("sending", "sent") if DELIVERY_RANK[s] < DELIVERY_RANK[state]]
-        session.connection().execute(
-            update(table).where(table.c.id == bindparam("b_id"), or_(*(table.c.state == s for s in earlier)))
-            .values(state=state, provider_id=bindparam("b_sid"), last_error=bindparam("b_error"),
-                    updated_at=utcnow()), rows)
-
-
-async def twilio_broadcast_status(request: web.Request) -> web.Response:
-    handlers = request.app[HANDLERS]
-    report = twilio_sms.parse_status(await handlers.verified_form(request))
-    delivery_id = request.query.get("delivery", "")
-    if not delivery_id.isdigit():
-        raise InboundError(400, "delivery must be a row id")
-    state = REPORTED.get(report.status)
-    if state:
-        await handlers.reports.store({"b_id": int(delivery_id), "state": state, "b_sid": report.provider_id,
-                                          "b_error": report.error_code})
-    return web.Response(text='<?xml version="1.0" encoding="UTF-8"?><Response></Response>',
-                        content_type="text/xml")
 
 
 # --- operator API -----------------------------------------------------------------------------------
@@ -258,9 +186,7 @@ def add_routes(app: web.Application) -> None:
     city = app[gateway.CITY]
     app[HANDLERS] = Handlers(
         app[gateway.SETTINGS], app[gateway.SESSIONS],
-        GridTree({code: grid.parent_code for code, grid in city.grids.items()}),
-        ReportWriter(app[gateway.INTAKE]), gateway.current_operator, gateway.twilio_verified_form)
-    app.router.add_post(STATUS_PATH, twilio_broadcast_status)
+        GridTree({code: grid.parent_code for code, grid in city.grids.items()}), gateway.current_operator)
     app.router.add_get("/api/broadcasts", api_list)
     app.router.add_post("/api/broadcasts", api_create)
     app.router.add_post("/api/broadcasts/preview", api_preview)

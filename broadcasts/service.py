@@ -22,12 +22,13 @@ from sqlalchemy.orm import Session
 
 from adapters.twilio_sms import segments
 from broadcasts import audience, templates
-from broadcasts.models import UNFINISHED, BroadcastRow, DeliveryRow
+from broadcasts.models import BroadcastRow
 from broadcasts.schedule import QuietHours, release_time
 from gateway.config import Settings
+from gateway.delivery.outbox import UNFINISHED
 from gateway.domain.city import Worker
 from gateway.logs import mask
-from gateway.store import ContactRow, ResidentRow
+from gateway.store import ContactRow, DeliveryRow, ResidentRow
 from gateway.world import RESIDENT_BOT
 
 SAMPLE_SIZE = 5

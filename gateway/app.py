@@ -22,7 +22,8 @@ from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
 from gateway import metrics
 from gateway.config import Settings
-from gateway.delivery import outbox
+from gateway.delivery.channels import TWILIO_STATUS_PATH
+from gateway.delivery.reports import ReportWriter
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
 from gateway.logs import REQUEST_ID
@@ -38,6 +39,7 @@ SETTINGS = web.AppKey("settings", Settings)
 INTAKE = web.AppKey("intake", Intake)
 CITY = web.AppKey("city", City)
 SESSIONS = web.AppKey("sessions", sessionmaker)
+REPORTS = web.AppKey("reports", ReportWriter)
 
 
 @web.middleware
@@ -133,18 +135,21 @@ async def telegram_update(request: web.Request) -> web.Response:
 
 
 async def twilio_status(request: web.Request) -> web.Response:
+    """Twilio's delivery reports for every message we sent; the row id rides on the callback URL
+    (`?delivery=`; `?outbox=` on reports for messages sent before the delivery table was one)."""
     report = twilio_sms.parse_status(await twilio_verified_form(request))
-    outbox_id = request.query.get("outbox")
-    if outbox_id is not None and not outbox_id.isdigit():
-        raise InboundError(400, "outbox must be a row id")
-    try:
-        found = await request.app[INTAKE].run(
-            lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
-                                                report.provider_id, report.status, report.error_code))
-    except Exception as error:
-        raise InboundError(503, "store unavailable, retry later") from error
-    if not found:
-        log.warning("delivery report for unknown message %s", report.provider_id)
+    row_id = request.query.get("delivery", request.query.get("outbox"))
+    if row_id is not None and not (row_id.isascii() and row_id.isdigit() and len(row_id) <= 18):
+        raise InboundError(400, "delivery must be a row id")
+    await request.app[REPORTS].store(replace(report, delivery_id=int(row_id) if row_id else None))
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+async def twilio_broadcast_status(request: web.Request) -> web.Response:
+    """Reports for notices sent before broadcast deliveries joined the one table: their `?delivery=`
+    names an id that no longer exists, so they are matched by MessageSid."""
+    report = twilio_sms.parse_status(await twilio_verified_form(request))
+    await request.app[REPORTS].store(report)
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
 
@@ -238,8 +243,10 @@ def create_app(settings: Settings) -> web.Application:
 
     app = web.Application(middlewares=[request_ids, refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
+    app[REPORTS] = ReportWriter(intake.run)
     app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
-    app.router.add_post("/webhooks/twilio/status", twilio_status)
+    app.router.add_post(TWILIO_STATUS_PATH, twilio_status)
+    app.router.add_post("/webhooks/twilio/broadcast-status", twilio_broadcast_status)
     app.router.add_post("/webhooks/telegram/{bot}", telegram_update)
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)

@@ -167,10 +167,10 @@ def command_backup(settings: Settings, args: argparse.Namespace) -> int:
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
     """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
+    from gateway.delivery import outbox
     from gateway.domain import workflow
     from gateway.domain.cases import IllegalTransition, transition
-    from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
-    from gateway.roles import jobs
+    from gateway.queues import connect, private_redis_url
     from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory, utcnow
     from gateway.world import World
 
@@ -208,10 +208,9 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
             print(refused, file=sys.stderr)
             return 1
         session.flush()
-        outbox_ids = [row.id for row in queued]
-    queue = queues(connect(settings.redis_url or private_redis_url(settings.home)))[OUTBOUND_QUEUE]
-    jobs.enqueue_delivery(queue, outbox_ids)
-    print(f"case {args.number}: {args.action} done; {len(outbox_ids)} message(s) queued")
+        outgoing = outbox.queued(queued)
+    outbox.enqueue(connect(settings.redis_url or private_redis_url(settings.home)), outgoing)
+    print(f"case {args.number}: {args.action} done; {len(outgoing)} message(s) queued")
     return 0
 
 

@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from prometheus_client import Counter, Histogram
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from gateway.store import DeliveryRow, InboundRow
 
 INBOUND = Counter("gridline_inbound_messages", "Inbound webhooks by channel and outcome "
                   "(stored, duplicate, refused_<status>, unavailable)", ["channel", "outcome"])
@@ -38,9 +42,23 @@ def inbound(channel: str, outcome: str) -> None:
     INBOUND.labels(channel, outcome).inc()
 
 
-def acknowledged(stored_at: datetime, accepted_at: datetime) -> None:
-    """Call where an acknowledgement's provider id is recorded (both naive UTC, as the store keeps time)."""
-    ACKNOWLEDGEMENT.observe(max(0.0, (accepted_at - stored_at).total_seconds()))
+def acknowledged(session: Session, delivery_ids: list[int], accepted_at: datetime) -> None:
+    """Of these deliveries the provider just accepted, each case's first reply acknowledges the
+    appeal that opened the case: observe how long after that appeal was stored (naive UTC)."""
+    if not delivery_ids:
+        return
+    first_reply = aliased(DeliveryRow)
+    first_inbound = aliased(InboundRow)
+    stored = session.scalars(
+        select(InboundRow.received_at)
+        .join(DeliveryRow, DeliveryRow.case_id == InboundRow.case_id)
+        .where(DeliveryRow.id.in_(delivery_ids), DeliveryRow.kind == "reply",
+               DeliveryRow.id == select(func.min(first_reply.id)).where(
+                   first_reply.case_id == DeliveryRow.case_id, first_reply.kind == "reply").scalar_subquery(),
+               InboundRow.id == select(func.min(first_inbound.id)).where(
+                   first_inbound.case_id == DeliveryRow.case_id).scalar_subquery()))
+    for stored_at in stored:
+        ACKNOWLEDGEMENT.observe(max(0.0, (accepted_at - stored_at).total_seconds()))
 
 
 def provider_error(channel: str, code: str | None) -> None:

@@ -17,9 +17,13 @@ import redis
 from rq import Queue
 
 INBOUND_QUEUE = "inbound"
-OUTBOUND_QUEUE = "outbound"
 CLOCK_QUEUE = "clock"  # deadline checks: apart, so they never make the other queues look busy
-QUEUE_NAMES = (INBOUND_QUEUE, OUTBOUND_QUEUE, CLOCK_QUEUE)
+BROADCAST_QUEUE = "broadcast"  # fan-out: turning an audience into delivery rows
+# The general workers' queues, in the order they serve them. Sending has queues of its own, one
+# per channel and priority, served by each channel's sender (gateway.delivery.lanes).
+QUEUE_NAMES = (INBOUND_QUEUE, CLOCK_QUEUE, BROADCAST_QUEUE)
+# No results kept; a failed job's arguments (ids only) kept a week rather than rq's default year.
+JOB_OPTIONS = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600}
 
 
 def redis_server_binary() -> str:

@@ -181,6 +181,18 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for tests below the stack (rate limits, lanes' queues)."""
+    from gateway.queues import PrivateRedis
+
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def store_settings(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[Path], str]) -> Settings:
     """A migrated store holding the sample city, for tests below the HTTP layer (each dialect)."""
     from gateway.roles.supervisor import prepare_store

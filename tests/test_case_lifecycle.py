@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config import SANDBOX_TELEGRAM_TOKENS
-from gateway.store import CaseRow, ContactRow, OutboxRow
+from gateway.store import CaseRow, ContactRow, DeliveryRow
 from tests.conftest import http_json, wait_for
 from tests.test_sms_flow import CASE_NUMBER, CITY, SMS_PATH, db
 from tests.twilio_client import inbound_form, post
@@ -265,8 +265,8 @@ def test_a_resident_who_blocked_the_bot_is_marked_not_retried(stack):
                                                ContactRow.address == str(chat))
     with db(stack).connect() as connection:
         wait_for(lambda: connection.execute(blocked).scalar_one_or_none(), 20, 0.2, what="the chat marked blocked")
-        row = connection.execute(select(OutboxRow.state, OutboxRow.attempts)
-                                 .where(OutboxRow.recipient == str(chat))).one()
+        row = connection.execute(select(DeliveryRow.state, DeliveryRow.attempts)
+                                 .where(DeliveryRow.recipient == str(chat))).one()
     assert (row.state, row.attempts) == ("failed", 1)
 
 
@@ -296,8 +296,8 @@ def test_a_linked_resident_who_blocked_the_bot_is_reached_by_sms(stack):
     user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="查询")  # now known blocked: straight to SMS
     stack.wait_sent(resident.phone, 2)
     with db(stack).connect() as connection:
-        rows = connection.execute(select(OutboxRow.channel, OutboxRow.state)
-                                  .where(OutboxRow.recipient.in_((str(chat), resident.phone)))
-                                  .order_by(OutboxRow.id)).all()
+        rows = connection.execute(select(DeliveryRow.channel, DeliveryRow.state)
+                                  .where(DeliveryRow.recipient.in_((str(chat), resident.phone)))
+                                  .order_by(DeliveryRow.id)).all()
     attempts = [(channel, state == "failed") for channel, state in rows][-3:]
     assert attempts == [("telegram-resident", True), ("sms", False), ("sms", False)]

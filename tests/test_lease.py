@@ -18,7 +18,7 @@ from tests.conftest import ROOT, stack_environment, wait_for
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
+def fresh_redis(tmp_path: Path) -> Iterator[str]:
     server = PrivateRedis(tmp_path / "redis")
     try:
         yield server.start()
@@ -26,8 +26,8 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-def test_one_holder_at_a_time_and_a_new_token_on_every_takeover(redis_url):
-    connection = connect(redis_url)
+def test_one_holder_at_a_time_and_a_new_token_on_every_takeover(fresh_redis):
+    connection = connect(fresh_redis)
     first, second = Lease(connection, "t", 0.5, "host-a:1"), Lease(connection, "t", 0.5, "host-b:2")
     assert first.hold() == 1 and second.hold() is None
     assert first.hold() == 1  # a renewal keeps the token
@@ -45,12 +45,12 @@ def sweeper(env: dict[str, str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_a_standby_sweeper_takes_over_when_the_holder_dies(store_settings, redis_url, tmp_path):
+def test_a_standby_sweeper_takes_over_when_the_holder_dies(store_settings, fresh_redis, tmp_path):
     env = stack_environment(store_settings.home, GRIDLINE_DATABASE_URL=store_settings.sqlalchemy_url,
-                            GRIDLINE_REDIS_URL=redis_url, GRIDLINE_SWEEPER_LEASE="1", GRIDLINE_SWEEP_INTERVAL="0.2")
+                            GRIDLINE_REDIS_URL=fresh_redis, GRIDLINE_SWEEPER_LEASE="1", GRIDLINE_SWEEP_INTERVAL="0.2")
     logs = [tmp_path / "sweeper-0.log", tmp_path / "sweeper-1.log"]
     processes = [sweeper(env, log) for log in logs]
-    connection = connect(redis_url)
+    connection = connect(fresh_redis)
     try:
         def holder() -> int | None:
             value = connection.get("gridline:lease:sweeper")

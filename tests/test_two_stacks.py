@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from gateway.config import SANDBOX_TELEGRAM_TOKENS
 from gateway.queues import CLOCK_QUEUE, QUEUE_NAMES, PrivateRedis, connect, queues
-from gateway.store import CaseEventRow, CaseRow, InboundRow, OutboxRow, make_engine, session_factory
+from gateway.store import CaseEventRow, CaseRow, DeliveryRow, InboundRow, make_engine, session_factory
 from tests.conftest import Stack, http_json, sandbox_process, wait_for
 from tests.test_broadcast_stack import cli_json, running_stack
 from tests.test_sms_flow import CASE_NUMBER, CITY, SMS_PATH
@@ -91,15 +91,15 @@ def deliver(stack: Stack, form: dict[str, str]) -> None:
 
 
 def quiet(stack: Stack) -> bool:
-    """No queued or running job on the shared Redis, nothing pending in the outbox."""
+    """No queued or running job on the shared Redis, no delivery pending."""
     connection = connect(stack.settings.redis_url)
     if any(q.count for q in queues(connection).values()):
         return False
     if any(StartedJobRegistry(name, connection=connection).get_job_ids() for name in QUEUE_NAMES):
         return False
     with sessions(stack)() as session:
-        return not session.scalar(select(func.count()).select_from(OutboxRow)
-                                  .where(OutboxRow.state.in_(("pending", "sending"))))
+        return not session.scalar(select(func.count()).select_from(DeliveryRow)
+                                  .where(DeliveryRow.state.in_(("pending", "sending"))))
 
 
 def clock_idle(stack: Stack) -> bool:

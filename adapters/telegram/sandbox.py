@@ -15,6 +15,7 @@ Control API (JSON, no auth, loopback only). `{bot}` is the bot's token:
     POST /_sandbox/{bot}/updates  {...}        a user writes or presses a button: see below
     POST /_sandbox/faults   {"status": 429, "retry_after": 1, "count": 2}   the next 2 sending calls fail
                             {"status": 500, "count": 1}
+    DELETE /_sandbox/faults                    forget the faults not yet used
     POST /_sandbox/blocked  {"chat_id": 42}    that user blocked the bots: sending there answers 403
     POST /_sandbox/limits   {"per_chat_per_second": 1, "global_per_second": 30}   flood control: 429s
     POST /_sandbox/reset                       forget messages, updates, webhooks, faults, blocks, limits
@@ -288,6 +289,7 @@ class FakeTelegram:
         app.router.add_get("/_sandbox/{bot}/callbacks", self.callback_queries)
         app.router.add_post("/_sandbox/{bot}/updates", self.inject_update)
         app.router.add_post("/_sandbox/faults", self.add_faults)
+        app.router.add_delete("/_sandbox/faults", self.clear_faults)
         app.router.add_post("/_sandbox/blocked", self.block)
         app.router.add_post("/_sandbox/limits", self.set_limits)
         app.router.add_post("/_sandbox/reset", self.reset)
@@ -605,6 +607,12 @@ class FakeTelegram:
             return _bad_control("retry_after goes with status 429 and is a positive integer")
         self._faults.extend([(status, retry_after)] * count)
         return web.json_response({"pending_faults": len(self._faults)})
+
+    async def clear_faults(self, _request: web.Request) -> web.Response:
+        """The storm is over: calls succeed again."""
+        cleared = len(self._faults)
+        self._faults.clear()
+        return web.json_response({"cleared": cleared})
 
     async def block(self, request: web.Request) -> web.Response:
         spec = await _json_object(request)

@@ -23,6 +23,8 @@ Control API (JSON, no auth, loopback only):
     POST   /_sandbox/callbacks {"mode": "final"}                   which delivery reports to post
     GET    /_sandbox/messages?to=+8613800138000                    accepted messages, oldest first
     GET    /_sandbox/recipients                                    {"+8613800138000": 2, ...}: messages per number
+    GET    /_sandbox/first-accepted                                {"+8613800138000": 1764770000.123, ...}: when
+                                                                   each number's first message was accepted
     DELETE /_sandbox/messages                                      forget the messages
     POST   /_sandbox/reset                                         forget messages, faults, opt-outs; mode all
 
@@ -43,9 +45,10 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http import HTTPStatus
@@ -87,6 +90,7 @@ _NORMAL_DELIVERY = _Delivery()
 class _Message:
     payload: dict[str, Any]  # exactly what the REST API answers for it
     sent_at: datetime | None = None  # for DateSent filters; set when it reaches "sent"
+    accepted_at: float = field(default_factory=time.time)  # epoch seconds, finer than date_created
 
 
 def _twilio_error(status: int, code: int, message: str,
@@ -146,6 +150,7 @@ class FakeTwilio:
         app.router.add_post("/_sandbox/callbacks", self.set_callbacks)
         app.router.add_get("/_sandbox/messages", self.sent_messages)
         app.router.add_get("/_sandbox/recipients", self.recipients)
+        app.router.add_get("/_sandbox/first-accepted", self.first_accepted)
         app.router.add_delete("/_sandbox/messages", self.forget_messages)
         app.router.add_post("/_sandbox/reset", self.reset)
         app.cleanup_ctx.append(self._callback_session)
@@ -355,6 +360,13 @@ class FakeTwilio:
     async def recipients(self, _request: web.Request) -> web.Response:
         """Messages per number: what a benchmark needs to check exactly-once, without every payload."""
         return web.json_response(Counter(m.payload["to"] for m in self._messages.values()))
+
+    async def first_accepted(self, _request: web.Request) -> web.Response:
+        """Epoch seconds at which each number's first message was accepted: for latency benchmarks."""
+        first: dict[str, float] = {}
+        for message in self._messages.values():
+            first.setdefault(message.payload["to"], message.accepted_at)
+        return web.json_response(first)
 
     async def sent_messages(self, request: web.Request) -> web.Response:
         to = request.query.get("to")

@@ -23,7 +23,7 @@ from gateway.domain import cases, replies
 from gateway.domain.cases import IllegalTransition, transition
 from gateway.domain.city import City, Worker
 from gateway.domain.intents import normalise
-from gateway.store import CaseAttachmentRow, CaseRow, OpinionLogRow, OutboxRow, WorkerPromptRow
+from gateway.store import CaseAttachmentRow, CaseRow, DeliveryRow, OpinionLogRow, WorkerPromptRow
 from gateway.world import WORKER_BOT, World
 
 
@@ -44,15 +44,18 @@ def task_buttons(number: str) -> list[list[tuple[str, str]]]:
 
 
 def message_worker(session: Session, worker: Worker, text: str, case_id: int | None = None,
-                   buttons: list[list[tuple[str, str]]] | None = None) -> OutboxRow:
-    """On the workers' bot where the worker has Telegram, else by SMS (without buttons)."""
+                   buttons: list[list[tuple[str, str]]] | None = None) -> DeliveryRow:
+    """On the workers' bot where the worker has Telegram (by SMS, without buttons, should the chat
+    refuse it), else by SMS."""
     if worker.telegram_chat_id is not None:
         markup = {"inline": buttons} if buttons else None
-        return queue_message(session, WORKER_BOT, str(worker.telegram_chat_id), text, case_id, markup)
-    return queue_message(session, "sms", worker.phone, text, case_id)
+        row = queue_message(session, WORKER_BOT, str(worker.telegram_chat_id), text, case_id, markup, kind="alert")
+        row.fallback_phone = worker.phone
+        return row
+    return queue_message(session, "sms", worker.phone, text, case_id, kind="alert")
 
 
-def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -> list[OutboxRow]:
+def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -> list[DeliveryRow]:
     """The reporter, on the channel they used; nobody for a case a worker opened from the log."""
     if case.channel == WORKER_BOT:
         return []
@@ -69,7 +72,7 @@ def _case_fields(world: World, case: CaseRow) -> dict[str, str]:
     }
 
 
-def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[OutboxRow]:
+def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[DeliveryRow]:
     """A task alert with the action buttons, photos and location attached to the case listed."""
     attachments = session.scalars(select(CaseAttachmentRow).where(CaseAttachmentRow.case_id == case.id)).all()
     extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)}" for a in attachments)
@@ -107,7 +110,7 @@ def officer_at(world: World, case: CaseRow, level: int) -> Worker | None:
     return grid_team(city, unit.code if unit else None, {2: "community_officer", 1: "street_officer"}[level])
 
 
-def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[OutboxRow]:
+def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[DeliveryRow]:
     """A new case goes to its grid worker, or to the triage desk when it could not be routed."""
     first = grid_team(world.city, case.grid_code, "grid_worker") if case.queue == "routed" else None
     if first is None:
@@ -115,7 +118,7 @@ def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[
     return assign(session, world, case, first, "gateway", now, tell=False)
 
 
-def tell_triage(session: Session, world: World, case: CaseRow) -> list[OutboxRow]:
+def tell_triage(session: Session, world: World, case: CaseRow) -> list[DeliveryRow]:
     staff = department_staff(world.city, world.settings.triage_department)
     if staff is None:
         return []
@@ -129,7 +132,7 @@ def tell_triage(session: Session, world: World, case: CaseRow) -> list[OutboxRow
 
 
 def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor: str, now: datetime,
-           *, tell: bool = True) -> list[OutboxRow]:
+           *, tell: bool = True) -> list[DeliveryRow]:
     """Give the case to `worker`, alert them, inform the grid leader, and (unless the
     acknowledgement already said so) tell the resident."""
     transition(session, case, "assigned", actor, f"to {worker.id}", now)
@@ -151,7 +154,7 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
 
 
 def settle(session: Session, world: World, case: CaseRow, actor: str, now: datetime, *,
-           category: str | None = None, grid: str | None = None, worker: Worker | None = None) -> list[OutboxRow]:
+           category: str | None = None, grid: str | None = None, worker: Worker | None = None) -> list[DeliveryRow]:
     """The triage desk settles what the classifier could not (category, grid), then assigns:
     the named worker, else the grid's worker, else the department's staff."""
     city = world.city
@@ -168,7 +171,7 @@ def settle(session: Session, world: World, case: CaseRow, actor: str, now: datet
 
 
 def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: str,
-             now: datetime) -> list[OutboxRow]:
+             now: datetime) -> list[DeliveryRow]:
     """Move the case up to the next level that has someone to take it, and alert them."""
     level, officer = case.level, None
     while officer is None and level > 0:
@@ -204,7 +207,7 @@ def may_act(worker: Worker, case: CaseRow) -> bool:
 
 
 def worker_button(session: Session, world: World, worker: Worker, chat: str, data: str,
-                  now: datetime) -> list[OutboxRow]:
+                  now: datetime) -> list[DeliveryRow]:
     """A press of one of a task alert's buttons (or of a log entry's "make it a case")."""
     action, _, key = data.partition(":")
     if action == "logcase":
@@ -240,7 +243,7 @@ def check_action(case: CaseRow, action: str) -> None:
 
 
 def worker_reply(session: Session, world: World, worker: Worker, chat: str, text: str,
-                 photo: str | None, now: datetime) -> list[OutboxRow]:
+                 photo: str | None, now: datetime) -> list[DeliveryRow]:
     """Text (or a photo) answering the bot's last question: a note, a reason or a question."""
     prompt = session.get(WorkerPromptRow, chat)
     if prompt is None or prompt.at < now - PROMPT_LIFETIME:
@@ -278,7 +281,7 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
         return [message_worker(session, worker, replies.worker_text("refused", reason=refused))]
 
 
-def open_tasks(session: Session, world: World, worker: Worker) -> list[OutboxRow]:
+def open_tasks(session: Session, world: World, worker: Worker) -> list[DeliveryRow]:
     query = (select(CaseRow).where(CaseRow.assigned_worker_id == worker.id, CaseRow.state.in_(cases.OPEN_STATES))
              .order_by(CaseRow.escalate_at))
     tasks = session.scalars(query).all()
@@ -291,7 +294,7 @@ def open_tasks(session: Session, world: World, worker: Worker) -> list[OutboxRow
     return [message_worker(session, worker, replies.worker_text("tasks", lines=lines))]
 
 
-def write_log(session: Session, worker: Worker, text: str, now: datetime) -> list[OutboxRow]:
+def write_log(session: Session, worker: Worker, text: str, now: datetime) -> list[DeliveryRow]:
     entry = OpinionLogRow(worker_id=worker.id, grid_code=worker.grid_code, text=text, at=now)
     session.add(entry)
     session.flush()
@@ -299,7 +302,7 @@ def write_log(session: Session, worker: Worker, text: str, now: datetime) -> lis
                            [[("立案 Make it a case", f"logcase:{entry.id}")]])]
 
 
-def log_to_case(session: Session, world: World, worker: Worker, entry_id: str, now: datetime) -> list[OutboxRow]:
+def log_to_case(session: Session, world: World, worker: Worker, entry_id: str, now: datetime) -> list[DeliveryRow]:
     entry = session.get(OpinionLogRow, int(entry_id)) if entry_id.isdigit() else None
     if entry is None or entry.worker_id != worker.id or entry.case_id is not None:
         return [message_worker(session, worker, replies.worker_text("refused", reason="该日志不存在或已立案"))]
@@ -324,7 +327,7 @@ def parse_rating(text: str) -> int | None:
     return int(clean) if clean in ("1", "2", "3", "4", "5") else None
 
 
-def rate(session: Session, world: World, case: CaseRow, rating: int, now: datetime) -> list[OutboxRow]:
+def rate(session: Session, world: World, case: CaseRow, rating: int, now: datetime) -> list[DeliveryRow]:
     """The resident's verdict closes the case; a dissatisfied one reopens it once instead."""
     case.rating, case.awaiting = rating, None
     if rating <= DISSATISFIED and case.reopened == 0:
@@ -344,7 +347,7 @@ def rate(session: Session, world: World, case: CaseRow, rating: int, now: dateti
     return tell_resident(session, case, "rated")
 
 
-def answer_question(session: Session, world: World, case: CaseRow, text: str, now: datetime) -> list[OutboxRow]:
+def answer_question(session: Session, world: World, case: CaseRow, text: str, now: datetime) -> list[DeliveryRow]:
     case.awaiting = None
     session.add(cases.CaseEventRow(case_id=case.id, at=now, actor="resident", from_state=case.state,
                                    to_state=case.state, note=f"answered: {text}"))
@@ -359,9 +362,9 @@ def answer_question(session: Session, world: World, case: CaseRow, text: str, no
 # --- the clock --------------------------------------------------------------------------------
 
 
-def tick(session: Session, world: World, now: datetime) -> list[OutboxRow]:
+def tick(session: Session, world: World, now: datetime) -> list[DeliveryRow]:
     """Reminders before deadlines, one-level escalation after them, and closing unrated cases."""
-    out: list[OutboxRow] = []
+    out: list[DeliveryRow] = []
     holding = ("assigned", "accepted", "in_progress", "escalated")
     remind_from = now + timedelta(hours=world.settings.reminder_hours)
     due_soon = session.scalars(select(CaseRow).where(

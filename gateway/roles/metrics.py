@@ -2,9 +2,9 @@
 
 It sums the counters every process on this host wrote under PROMETHEUS_MULTIPROC_DIR
 (gateway/metrics.py) and adds what is read from Redis and the store when scraped: rq queue
-depths, the age of the oldest unprocessed inbound message and of the oldest pending outgoing
-message, outgoing messages by channel and state, and each unfinished broadcast's deliveries by
-state. It listens on its own port, on loopback unless GRIDLINE_METRICS_HOST says otherwise,
+depths (the send lanes' too), the age of the oldest unprocessed inbound message and of the oldest
+unsent reply or alert, deliveries by channel and state, and each unfinished broadcast's deliveries
+by state. It listens on its own port, on loopback unless GRIDLINE_METRICS_HOST says otherwise,
 so the operator API's port never exposes it.
 """
 
@@ -19,13 +19,16 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from rq import Queue
 from sqlalchemy import func, select
 
-from broadcasts.models import BroadcastRow, DeliveryRow
+from broadcasts.models import BroadcastRow
 from gateway.config import Settings, load_settings
+from gateway.delivery.outbox import PRIORITIES, lane_queue
 from gateway.logs import setup_logging
 from gateway.queues import connect, queues
-from gateway.store import InboundRow, OutboxRow, make_engine, session_factory, utcnow
+from gateway.store import DeliveryRow, InboundRow, make_engine, session_factory, utcnow
+from gateway.world import BOTS, SMS
 
 log = logging.getLogger("gateway.roles.metrics")
 
@@ -35,7 +38,11 @@ class StoreCollector(Collector):
 
     def __init__(self, settings: Settings):
         self._sessions = session_factory(make_engine(settings.sqlalchemy_url))
-        self._queues = queues(connect(settings.redis_url))
+        connection = connect(settings.redis_url)
+        self._queues = queues(connection)
+        # Each channel's send lanes (gateway.delivery.lanes): urgent replies and alerts, bulk notices.
+        self._queues |= {lane_queue(channel, p): Queue(lane_queue(channel, p), connection=connection)
+                         for channel in (SMS, *BOTS.values()) for p in PRIORITIES}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("gridline_queue_depth", "Jobs waiting in each rq queue", labels=["queue"])
@@ -45,19 +52,20 @@ class StoreCollector(Collector):
         now = utcnow()
         oldest = GaugeMetricFamily("gridline_oldest_pending_seconds", "Age of the oldest unfinished work (0: none)",
                                    labels=["work"])
-        states = GaugeMetricFamily("gridline_outgoing_messages", "Outgoing messages by channel and state",
+        states = GaugeMetricFamily("gridline_deliveries", "Outgoing messages of every kind by channel and state",
                                    labels=["channel", "state"])
         progress = GaugeMetricFamily("gridline_broadcast_deliveries",
                                      "Deliveries of each unfinished broadcast by state", labels=["broadcast", "state"])
         with self._sessions() as session:
             for work, moment in (
                 ("inbound", select(func.min(InboundRow.received_at)).where(InboundRow.processed_at.is_(None))),
-                ("outbox", select(func.min(OutboxRow.created_at)).where(OutboxRow.state.in_(("pending", "sending")))),
+                ("delivery", select(func.min(DeliveryRow.created_at))
+                 .where(DeliveryRow.state.in_(("pending", "sending")), DeliveryRow.kind != "broadcast")),
             ):
                 since = session.scalar(moment)
                 oldest.add_metric([work], (now - since).total_seconds() if since else 0.0)
-            by_state = select(OutboxRow.channel, OutboxRow.state, func.count())
-            for channel, state, count in session.execute(by_state.group_by(OutboxRow.channel, OutboxRow.state)):
+            by_state = select(DeliveryRow.channel, DeliveryRow.state, func.count())
+            for channel, state, count in session.execute(by_state.group_by(DeliveryRow.channel, DeliveryRow.state)):
                 states.add_metric([channel, state], count)
             unfinished = select(BroadcastRow.id).where(BroadcastRow.state.not_in(("done", "cancelled")))
             for broadcast, state, count in session.execute(

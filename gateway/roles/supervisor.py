@@ -22,6 +22,7 @@ from pathlib import Path
 from adapters import SendError
 from adapters.telegram import TelegramClient
 from gateway.config import Settings
+from gateway.delivery.channels import build_channels
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, exclusive, import_city, make_engine, migrate, session_factory
@@ -34,7 +35,7 @@ def prepare_store(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
     with exclusive(engine, "prepare_store"):  # several hosts may start at once on PostgreSQL
-        migrate(engine)
+        migrate(engine, settings.sms_signature)
         sessions = session_factory(engine)
         with sessions() as session, session.begin():
             if not city_imported(session):
@@ -105,6 +106,9 @@ class Supervisor:
             self.children.append(Child("telegram-sandbox", "adapters.telegram.sandbox",
                                        ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
         self.children += [Child(f"worker-{n}", "gateway.roles.worker") for n in range(self.settings.workers)]
+        # One sender per channel: a lane held to its provider's limit never delays another.
+        self.children += [Child(f"sender-{name}", "gateway.roles.sender", (name,))
+                          for name in build_channels(self.settings)]
         # The intake first: the web processes hand it every inbound message, so it stops after them.
         self.children += [Child("sweeper", "gateway.roles.sweeper"), Child("intake", "gateway.roles.intake")]
         self.children += [Child(f"web-{n}", "gateway.roles.web") for n in range(self.settings.web_processes)]

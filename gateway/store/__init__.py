@@ -131,6 +131,7 @@ class InboundRow(Base):
     __table_args__ = (
         UniqueConstraint("channel", "provider_id", name="uq_inbound_provider_id"),
         Index("ix_inbound_unprocessed", "processed_at"),
+        Index("ix_inbound_case", "case_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
@@ -235,17 +236,32 @@ class CaseCounterRow(Base):
     last: Mapped[int] = mapped_column(Integer)
 
 
-class OutboxRow(Base):
-    """An outgoing message: pending → sending → sent → delivered | failed | undelivered."""
+class DeliveryRow(Base):
+    """One outgoing message of any kind: a reply to a resident, a task alert, a broadcast notice.
 
-    __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state_due", "state", "next_attempt_at"),)
+    pending → sending → sent → delivered | undelivered | failed, or cancelled while still pending.
+    Every kind takes the same way out (gateway.delivery); `kind` decides only its priority in its
+    channel's lane. UNIQUE (broadcast_id, resident_id) is what makes a resident get a notice at most
+    once: fan-out may run again after a crash and simply hits the key (NULLs, for the other kinds,
+    never collide).
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("broadcast_id", "resident_id", name="uq_delivery_broadcast_resident"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_deliveries_broadcast", "broadcast_id", "state"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16))
-    recipient: Mapped[str] = mapped_column(String(64))
-    body: Mapped[str] = mapped_column(Text)
-    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # reply, alert or broadcast
+    channel: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(64))  # the channel's address: phone, chat id, ...
+    body: Mapped[str] = mapped_column(Text)  # exactly what goes out (a broadcast SMS with its signature)
     markup: Mapped[dict | None] = mapped_column(JSON)  # chat buttons: {"inline": rows} or {"contact": label}
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    broadcast_id: Mapped[int | None] = mapped_column(Integer)
+    resident_id: Mapped[str | None] = mapped_column(String(32))
+    fallback_phone: Mapped[str | None] = mapped_column(String(32))  # SMS when a chat cannot be reached
     state: Mapped[str] = mapped_column(String(16), default="pending")
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)  # Telegram's repeat per chat
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -310,8 +326,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the database to the newest Alembic revision."""
+def migrate(engine: Engine, sms_signature: str = "", revision: str = "head") -> None:
+    """Bring the database to the newest Alembic revision (or to `revision`).
+
+    `sms_signature` is for revision 0004, which moves unsent broadcast SMS into the deliveries table
+    with the signature their sender would have put before them.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -320,7 +340,8 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(here))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        config.attributes["sms_signature"] = sms_signature
+        command.upgrade(config, revision)
 
 
 @contextmanager
