@@ -35,7 +35,9 @@ def messages(prefix: str, count: int) -> list[InboundMessage]:
 
 def test_the_core_insert_on_postgresql_stores_what_the_sqlite_insert_stores(postgres, tmp_path):
     """The intake takes its driver-level insert on SQLite and the Core executemany on PostgreSQL."""
-    first = messages("SM", 40) + messages("SM", 3)  # a retry inside the group is skipped
+    # A retry inside the group is skipped; the residents' bot's channel name is 17 characters long.
+    first = messages("SM", 40) + messages("SM", 3) + [
+        InboundMessage("telegram-resident", "42:7", "tg:42", "", (), "contact", {"phone": "+8617199100001"})]
     again = messages("SM", 45)[38:]  # two stored already, five new
     now = datetime(2026, 12, 3, 14, 5, 6, 789012)
     outcomes = []
@@ -59,7 +61,7 @@ def test_the_core_insert_on_postgresql_stores_what_the_sqlite_insert_stores(post
         engine.dispose()
     sqlite, postgresql = outcomes
     assert postgresql == sqlite
-    assert len(sqlite[0]) == 40 and [p for _, p in sqlite[1]] == [f"SM{n:04d}" for n in range(40, 45)]
+    assert len(sqlite[0]) == 41 and [p for _, p in sqlite[1]] == [f"SM{n:04d}" for n in range(40, 45)]
     assert sqlite[2][7][6] == {"n": 7, "备注": "保留"} and sqlite[2][0][7] == now
 
 

@@ -134,7 +134,7 @@ class InboundRow(Base):
         Index("ix_inbound_case", "case_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
     provider_id: Mapped[str] = mapped_column(String(64))
     sender: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
@@ -151,7 +151,7 @@ class CaseRow(Base):
     __tablename__ = "cases"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str] = mapped_column(String(16), unique=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
     reporter: Mapped[str] = mapped_column(String(64), index=True)  # phone or chat id
     resident_id: Mapped[str | None] = mapped_column(String(32))
     language: Mapped[str] = mapped_column(String(8))
@@ -275,7 +275,7 @@ class ContactRow(Base):
     """What a phone or chat asked of us: opted out of broadcasts, preferred language, linked phone."""
 
     __tablename__ = "contacts"
-    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     language: Mapped[str | None] = mapped_column(String(8))
