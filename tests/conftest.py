@@ -177,7 +177,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.wait(60)  # the workers finish their jobs first; slower on a busy machine
 
 
 @pytest.fixture(scope="session")
