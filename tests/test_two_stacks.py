@@ -47,6 +47,8 @@ def stacks(postgres, tmp_path_factory) -> Iterator[tuple[Stack, Stack]]:
             shared = {"GRIDLINE_DATABASE_URL": database, "GRIDLINE_REDIS_URL": redis_url,
                       "GRIDLINE_TWILIO_API_BASE": twilio, "GRIDLINE_TELEGRAM_API_BASE": telegram,
                       "GRIDLINE_QUIET_HOURS": "", "GRIDLINE_SMS_RATE_LIMIT": "0", "GRIDLINE_SWEEPER_LEASE": "2",
+                      # a send cut off by a kill is reconciled with the provider after this long
+                      "GRIDLINE_BROADCAST_CLAIM_TIMEOUT": "12",
                       "GRIDLINE_WEB_PROCESSES": "1", "GRIDLINE_WORKERS": "1"}
             homes = [folder / "a", folder / "b"]
             for home in homes:
@@ -66,7 +68,8 @@ def sandbox_sent(stack: Stack) -> list[dict]:
 
 
 def rq_processes(stack: Stack) -> tuple[set[int], set[int]]:
-    """This stack's rq worker process groups, and their work-horses (each in a group of its own)."""
+    """This stack's rq workers' process groups (the general workers and the channels' senders), and
+    their work-horses, each in a group of its own (none while they are SimpleWorkers)."""
     workers, horses = {}, set()
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -75,7 +78,9 @@ def rq_processes(stack: Stack) -> tuple[set[int], set[int]]:
         try:
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             children.setdefault(parent, []).append(int(entry.name))
-            if b"gateway.roles.worker" in (entry / "cmdline").read_bytes() and parent == stack.process.pid:
+            command = (entry / "cmdline").read_bytes()
+            if (b"gateway.roles.worker" in command or b"gateway.roles.sender" in command) \
+                    and parent == stack.process.pid:
                 workers[int(entry.name)] = os.getpgid(int(entry.name))
         except (OSError, ProcessLookupError, ValueError):
             continue
@@ -119,7 +124,7 @@ def test_appeals_to_both_while_one_loses_its_workers(stacks):
     killed: list[int] = []
 
     def killer() -> None:
-        """Kill -9 the second stack's workers and work-horses twice while the appeals flow."""
+        """Kill -9 the second stack's workers, senders and work-horses twice while the appeals flow."""
         for _ in range(2):
             wait_for(lambda: rq_processes(stacks[1])[0], timeout=60, what="the second stack's workers")
             with sessions(stacks[0])() as session:
