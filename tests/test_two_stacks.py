@@ -2,7 +2,7 @@
 ports, sharing one PostgreSQL, one external redis-server and one Twilio sandbox (so every message
 to a phone is counted in one place, whichever stack's worker sent it).
 
-Appeals go to both stacks while one stack's rq workers and work-horses are killed with -9; every
+Appeals go to both stacks while one stack's rq workers and senders are killed with -9; every
 accepted appeal gets exactly one case, number and acknowledgement. A broadcast sent while both run
 reaches each resident once. An overdue case escalates once per level with both clocks ticking.
 """
