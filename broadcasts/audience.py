@@ -14,6 +14,7 @@ MAX_DEPTH deep, so parsing it, and compiling its SQL, never recurses without bou
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -227,8 +228,10 @@ def reached_on(channel: str) -> ColumnElement[bool]:
 def known_tags(session: Session) -> list[str]:
     """Every tag some resident has (for error messages only: it reads each distinct tag set)."""
     found: set[str] = set()
-    for tags in session.scalars(select(ResidentRow.tags).group_by(cast(ResidentRow.tags, Text))):
-        found.update(tags)
+    # Grouped as text: PostgreSQL's json type has no equality, and it must select what it groups by.
+    as_text = cast(ResidentRow.tags, Text)
+    for tags in session.scalars(select(as_text).group_by(as_text)):
+        found.update(json.loads(tags))
     return sorted(found)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import Channel, DeliveryStatus, InboundError, InboundMessage, Request, Route
 from broadcasts import api as broadcast_api
-from gateway import console
+from gateway import console, metrics
 from gateway.config import Settings
 from gateway.delivery import channels
 from gateway.delivery.reports import ReportWriter
@@ -49,9 +49,20 @@ async def refusals(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InboundError as error:
+        if (channel := webhook_channel(request)) is not None:
+            metrics.inbound(channel, "unavailable" if error.status == 503 else f"refused_{error.status}")
         return web.json_response({"error": error.reason}, status=error.status)
     except BadValue as error:
         return web.json_response({"error": error.reason}, status=400)
+
+
+def webhook_channel(request: web.Request) -> str | None:
+    """The inbound channel a webhook request is for (None for anything else, delivery reports included)."""
+    if request.path == "/webhooks/twilio/sms":
+        return "sms"
+    if request.path.startswith("/webhooks/telegram/"):
+        return BOTS.get(request.match_info.get("bot", ""), "unknown")
+    return None
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -67,9 +78,10 @@ async def read_body(request: web.Request) -> bytes:
 async def store(request: web.Request, message: InboundMessage) -> None:
     """Persist before acknowledging; if the store is down the provider hears 503 and retries."""
     try:
-        await request.app[INTAKE].store(message)
+        is_new = await request.app[INTAKE].store(message)
     except Exception as error:
         raise unavailable(request, error) from error
+    metrics.inbound(message.channel, "stored" if is_new else "duplicate")
 
 
 def webhook(channel: Channel, route: Route) -> Handler:

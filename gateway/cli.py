@@ -183,6 +183,24 @@ def _redis(settings: Settings) -> Redis:
     except RedisDown as error:
         raise Unreachable("Redis is not reachable: is `gridline up` running?") from error
     return connection
+def command_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    """What `gridline up` does first, for hosts whose roles systemd runs (deploy/systemd)."""
+    from gateway.roles.supervisor import prepare_store
+
+    prepare_store(settings)
+    print("the store is at the newest schema")
+    return 0
+
+
+def command_backup(settings: Settings, args: argparse.Namespace) -> int:
+    """A consistent copy of the store while Gridline runs (gateway/store/backup.py)."""
+    from gateway.store.backup import backup
+
+    if args.destination.exists():
+        print(f"{args.destination} exists: choose a new file", file=sys.stderr)
+        return 1
+    print(backup(settings.sqlalchemy_url, args.destination))
+    return 0
 
 
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
@@ -288,6 +306,13 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import", help="import a city's CSV exports into the store")
     p.add_argument("folder", type=Path)
     p.set_defaults(run=command_import)
+
+    commands.add_parser("migrate", help="migrate the store (and import the city on first start), then exit") \
+        .set_defaults(run=command_migrate)
+
+    p = commands.add_parser("backup", help="copy the store while it runs (SQLite online backup, or pg_dump)")
+    p.add_argument("destination", type=Path)
+    p.set_defaults(run=command_backup)
 
     p = commands.add_parser("sms", help="text the running gateway as a resident would (signed webhook)")
     p.add_argument("text")

@@ -77,6 +77,10 @@ class Settings:
     classifier_threshold: float = 0.5
     sweep_interval: float = 2.0  # seconds between sweeps for work rq lost
     stale_after: float = 10.0  # seconds before unfinished work counts as lost
+    metrics_host: str = "127.0.0.1"  # the Prometheus endpoint: loopback unless an operator opens it
+    metrics_port: int = 9464  # 0: no metrics role
+    log_format: str = "text"  # "json": one JSON object per line, with the request id
+    sweeper_lease: float = 10.0  # seconds a dead sweeper's lease outlives it before a standby takes over
     # Broadcasts (broadcasts/): signature, quiet hours, provider rate limits and the cost estimate.
     sms_signature: str = ""  # put before every broadcast SMS, e.g. 【某区网格中心】
     quiet_hours: str = "21:00-08:00"  # local time when non-emergency notices wait; "" = none

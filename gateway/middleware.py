@@ -15,6 +15,7 @@ import secrets
 from aiohttp import web
 
 from adapters import InboundError
+from gateway import logs
 
 log = logging.getLogger("gateway.app")
 
@@ -28,6 +29,7 @@ def request_id(request: web.Request) -> str:
     if "request_id" not in request:
         offered = request.headers.get(REQUEST_ID, "")
         request["request_id"] = offered if _GOOD_ID.fullmatch(offered) else secrets.token_hex(8)
+        logs.REQUEST_ID.set(request["request_id"])  # on this request's log lines (its own task)
     return request["request_id"]
 
 

@@ -52,7 +52,7 @@ def run_lanes(lanes: dict[str, Lane], connection: redis.Redis) -> int:
         loop.close()
 
 
-def test_telegram_first_then_sms_for_a_blocked_chat(tmp_path, redis_url):
+def test_telegram_first_then_sms_for_a_blocked_chat(tmp_path, redis_url, new_database):
     residents = [r for r in CITY.residents.values() if r.grid_code.startswith(GRID + "-")]
     linked = [r for r in residents if r.telegram_chat_id]
     assert len(linked) >= 2 and len(linked) < len(residents)
@@ -63,7 +63,8 @@ def test_telegram_first_then_sms_for_a_blocked_chat(tmp_path, redis_url):
         settings = replace(load_settings({}), home=tmp_path, config_dir=CONFIG, twilio_api_base=twilio.url,
                            telegram_api_base=telegram.url, telegram_resident_token=BOT,
                            telegram_worker_token=WORKERS_BOT, quiet_hours="", sms_signature="【签名】",
-                           sms_rate_limit=0, telegram_rate_limit=0, telegram_chat_rate_limit=0)
+                           sms_rate_limit=0, telegram_rate_limit=0, telegram_chat_rate_limit=0,
+                           database_url=new_database(tmp_path))
         prepare_store(settings)
         assert http_json("POST", f"{telegram.url}/_sandbox/blocked", {"chat_id": blocked.telegram_chat_id})[0] == 200
         sessions = session_factory(make_engine(settings.sqlalchemy_url))

@@ -49,11 +49,12 @@ def case_row(number: str, grid: str | None, department: str, worker: str | None,
 
 
 @pytest.fixture(scope="module")
-def report_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A fresh store of our own holding the sample city and exactly the CASES above."""
+def report_settings(tmp_path_factory: pytest.TempPathFactory, new_database) -> Settings:
+    """A fresh store of our own holding the sample city and exactly the CASES above (each dialect)."""
     from gateway.roles.supervisor import prepare_store
 
-    settings = replace(load_settings({}), home=tmp_path_factory.mktemp("report"), config_dir=CONFIG)
+    home = tmp_path_factory.mktemp("report")
+    settings = replace(load_settings({}), home=home, config_dir=CONFIG, database_url=new_database(home))
     prepare_store(settings)
     engine = make_engine(settings.sqlalchemy_url)
     with session_factory(engine)() as session, session.begin():
@@ -225,7 +226,7 @@ def test_table_is_aligned_with_dashes_where_there_is_no_data(store):
 
 
 def gridline(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    env = stack_environment(settings.home)
+    env = stack_environment(settings.home, GRIDLINE_DATABASE_URL=settings.sqlalchemy_url)
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 

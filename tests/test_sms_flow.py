@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from gateway.domain.city import load_city
-from gateway.store import CaseRow, DeliveryRow, InboundRow, utcnow
+from gateway.store import CaseAttachmentRow, CaseRow, DeliveryRow, InboundRow, utcnow
 from tests.conftest import CONFIG, http_json, wait_for
 from tests.twilio_client import inbound_form, post
 
@@ -234,9 +234,10 @@ def test_mms_pictures_are_attached_to_the_case(stack):
     media = {"NumMedia": "1", "MediaUrl0": "https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM1/Media/ME1",
              "MediaContentType0": "image/jpeg"}
     number = appeal(stack, phone, "翠湖花园3号楼门口垃圾堆成山了，见图", **media)
-    with db(stack).connect() as connection:
-        attached = connection.execute(text(
-            "select a.kind, a.data from case_attachments a join cases c on c.id = a.case_id where c.number = :n"),
-            {"n": number}).all()
-    assert [(kind, json.loads(data)["photo"]) for kind, data in attached] == [("photo", media["MediaUrl0"])]
+    with db(stack).connect() as connection:  # through the JSON column's type: PostgreSQL's driver decodes it
+        attached = connection.execute(
+            select(CaseAttachmentRow.kind, CaseAttachmentRow.data)
+            .join(CaseRow, CaseRow.id == CaseAttachmentRow.case_id)
+            .where(CaseRow.number == number)).all()
+    assert [(kind, data["photo"]) for kind, data in attached] == [("photo", media["MediaUrl0"])]
 

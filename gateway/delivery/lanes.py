@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import Channel, Outgoing, SendError, Unsure
+from gateway import metrics
 from gateway.delivery import outbox
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.logs import mask
@@ -153,7 +154,9 @@ class Lane:
         for row, result in zip(claimed, results, strict=True):
             if isinstance(result, str):
                 sent.append({"b_id": row.id, "b_provider_id": result})
-            elif isinstance(result, Unsure):
+                continue
+            metrics.provider_error(self.channel.name, "unsure" if isinstance(result, Unsure) else result.code)
+            if isinstance(result, Unsure):
                 log.warning("delivery %s on %s: %s; left for reconciliation", row.id, self.channel.name, result)
             elif result.retryable:
                 # Waiting our turn (or Telegram's retry_after) is not a failed attempt.
@@ -190,6 +193,10 @@ class Lane:
             if broadcast_ids and self.broadcasts:
                 self.broadcasts.recorded(session, broadcast_ids, now)
             session.commit()
+        replies = [row.id for row in claimed if row.kind == "reply"]
+        if sent and replies:
+            with self.sessions() as session:
+                metrics.acknowledged(session, [r["b_id"] for r in sent if r["b_id"] in replies], now)
         for delay, rows in retry.items():
             self.enqueue([outbox.Queued(row["b_id"], self.channel.name, _kind(claimed, row["b_id"]))
                           for row in rows], delay)

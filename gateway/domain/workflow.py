@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.delivery.outbox import queue_message
@@ -426,7 +426,11 @@ def tick(session: Session, world: World, now: datetime) -> list[DeliveryRow]:
         CaseRow.escalate_at <= remind_from)).all()
     for case in due_soon:
         holder = world.city.workers.get(case.assigned_worker_id or "")
-        case.reminded_at = now
+        # Conditional, so a second clock running at the same moment (two sweepers overlapping
+        # across a lease handover) finds it reminded and sends nothing.
+        if not session.execute(update(CaseRow).where(CaseRow.id == case.id, CaseRow.reminded_at.is_(None))
+                               .values(reminded_at=now)).rowcount:
+            continue
         if holder is not None:
             out.append(message_worker(session, holder, replies.worker_text(
                 "reminder", number=case.number, deadline=cases.local_time(case.escalate_at, world.settings.timezone)),

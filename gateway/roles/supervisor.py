@@ -16,6 +16,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from gateway.config import Settings
 from gateway.delivery.channels import build_channels, sandboxes
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
-from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
+from gateway.store import city_imported, exclusive, import_city, make_engine, migrate, session_factory
 
 log = logging.getLogger("gridline")
 
@@ -168,13 +169,19 @@ def prepare_store(settings: Settings) -> None:
     """Migrate the database and, on first start, import the city from the config folder."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine, settings.sms_signature)
-    sessions = session_factory(engine)
-    with sessions() as session, session.begin():
-        if not city_imported(session):
-            counts = import_city(session, load_city(settings.city_dir))
-            log.info("imported the city from %s: %s", settings.city_dir, counts)
+    with exclusive(engine, "prepare_store"):  # several hosts may start at once on PostgreSQL
+        migrate(engine, settings.sms_signature)
+        sessions = session_factory(engine)
+        with sessions() as session, session.begin():
+            if not city_imported(session):
+                counts = import_city(session, load_city(settings.city_dir))
+                log.info("imported the city from %s: %s", settings.city_dir, counts)
     engine.dispose()
+
+
+def metrics_folder(settings: Settings) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR for this host's processes."""
+    return settings.home.resolve() / "metrics"
 
 
 def store_ready(settings: Settings) -> bool:
@@ -213,6 +220,7 @@ class Supervisor:
             "GRIDLINE_HOME": str(s.home.resolve()), "GRIDLINE_CONFIG_DIR": str(s.config_dir.resolve()),
             "GRIDLINE_REDIS_URL": s.redis_url, "GRIDLINE_TWILIO_API_BASE": s.twilio_base,
             "GRIDLINE_PUBLIC_URL": s.base_url, "GRIDLINE_TELEGRAM_API_BASE": s.telegram_base,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder(s)),
         })
         return env
 
@@ -236,6 +244,8 @@ class Supervisor:
             children += [Child.python(f"web-{n}", "gateway.roles.web") for n in range(s.web_processes)]
             if s.telegram_polling:
                 children.append(Child.python("telegram-poller", "gateway.roles.telegram_poller"))
+        if s.metrics_port:  # this host's processes' figures, on a loopback port of its own
+            children.append(Child.python("metrics", "gateway.roles.metrics"))
         return children
 
     def start(self) -> None:
@@ -245,6 +255,9 @@ class Supervisor:
             log.warning("waiting for the store to be migrated and hold a city (a host with the sweeper role does it)")
             while not self.stopping and not store_ready(self.settings):
                 time.sleep(1)
+        # Counters from an earlier run would be summed with this one's (gateway/metrics.py).
+        shutil.rmtree(metrics_folder(self.settings), ignore_errors=True)
+        metrics_folder(self.settings).mkdir(parents=True)
         env = self.child_environment()
         for child in self.plan():
             if self.stopping:

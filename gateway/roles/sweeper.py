@@ -4,7 +4,8 @@ rq drops a job whose worker is killed (a killed worker's job sits STARTED, then 
 registry, never re-run). So every few seconds, when a queue has drained, anything the store still
 shows as unfinished gets a new job: unprocessed inbound messages, pending deliveries, and
 deliveries stuck in `sending`, which are first reconciled with the provider. It also starts due
-broadcasts and queues the deadline clock.
+broadcasts and queues the deadline clock. Every host may run a sweeper: a lease in Redis lets
+one act at a time.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from sqlalchemy import select
 from adapters import Channel
 from broadcasts.fanout import BroadcastLaneRules
 from broadcasts.fanout import sweep as broadcast_sweep
+from gateway import metrics
 from gateway.delivery import lanes, outbox
 from gateway.delivery.channels import build_channels
+from gateway.lease import Lease
 from gateway.logs import setup_logging
 from gateway.queues import BROADCAST_QUEUE, CLOCK_QUEUE, INBOUND_QUEUE
 from gateway.roles import jobs
@@ -97,7 +100,9 @@ def sweep_once(ctx: jobs.WorkerContext, duties: tuple[Duty, ...] = DUTIES,
     for duty in duties:
         name = duty.__name__
         try:
-            found[name] = duty(ctx)
+            with metrics.duty(name):
+                found[name] = duty(ctx)
+            metrics.SWEEPER_FOUND.labels(name).inc(found[name])
         except Exception:
             if name not in failing:
                 log.exception("sweeper duty %s failed; it is tried again every sweep, the others carry on", name)
@@ -120,12 +125,28 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # One sweeper acts across all hosts (gateway/lease.py); the others stand by and take over
+    # when its lease runs out.
+    lease = Lease(ctx.queues[CLOCK_QUEUE].connection, "sweeper", ctx.settings.sweeper_lease)
+    acting: int | None = None
+    announced = False
     failing: set[str] = set()
     while running:
-        found = sweep_once(ctx, DUTIES, failing)
-        if any(found.values()):
-            log.info("re-enqueued lost work: %s", found)
+        try:
+            token = lease.hold()
+            if token != acting or not announced:
+                announced = True
+                log.info("sweeper %s: %s", lease.holder, f"acting, token {token}" if token else "standing by")
+                acting = token
+            if token is not None:
+                found = sweep_once(ctx, DUTIES, failing)
+                if any(found.values()):
+                    log.info("re-enqueued lost work: %s", found)
+        except Exception:
+            log.exception("sweep failed; trying again")
         time.sleep(ctx.settings.sweep_interval)
+    if acting is not None:
+        lease.release()
 
 
 if __name__ == "__main__":

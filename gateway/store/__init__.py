@@ -7,6 +7,9 @@ Schema changes go through Alembic (`gateway/store/migrations`); `migrate()` brin
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -127,9 +131,10 @@ class InboundRow(Base):
     __table_args__ = (
         UniqueConstraint("channel", "provider_id", name="uq_inbound_provider_id"),
         Index("ix_inbound_unprocessed", "processed_at"),
+        Index("ix_inbound_case", "case_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
     provider_id: Mapped[str] = mapped_column(String(64))
     sender: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
@@ -146,7 +151,7 @@ class CaseRow(Base):
     __tablename__ = "cases"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str] = mapped_column(String(16), unique=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
     reporter: Mapped[str] = mapped_column(String(64), index=True)  # phone or chat id
     resident_id: Mapped[str | None] = mapped_column(String(32))
     language: Mapped[str] = mapped_column(String(8))
@@ -270,7 +275,7 @@ class ContactRow(Base):
     """What a phone or chat asked of us: opted out of broadcasts, preferred language, linked phone."""
 
     __tablename__ = "contacts"
-    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     language: Mapped[str | None] = mapped_column(String(8))
@@ -378,6 +383,25 @@ def migrate(engine: Engine, sms_signature: str = "", revision: str = "head") -> 
         config.attributes["connection"] = connection
         config.attributes["sms_signature"] = sms_signature
         command.upgrade(config, revision)
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[None]:
+    """One process at a time across hosts, on PostgreSQL: a session advisory lock, released when
+    the block ends or its connection dies. Hosts starting together must not both migrate or import
+    the city. A SQLite file belongs to one host, and SQLite serialises writers itself."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = zlib.crc32(name.encode())
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
 
 
 CITY_TABLES = (GridRow, PlaceRow, DepartmentRow, CategoryRow, AppealTypeRow, WorkerRow, ResidentRow)
