@@ -41,6 +41,7 @@ CITY = web.AppKey("city", City)
 SESSIONS = web.AppKey("sessions", sessionmaker)
 REPORTS = web.AppKey("reports", ReportWriter)
 CHANNELS = web.AppKey("channels", dict)
+INBOUND_CHANNEL = "inbound_channel"  # a request key: the channel of an inbound-message webhook
 
 
 @web.middleware
@@ -58,11 +59,7 @@ async def refusals(request: web.Request, handler) -> web.StreamResponse:
 
 def webhook_channel(request: web.Request) -> str | None:
     """The inbound channel a webhook request is for (None for anything else, delivery reports included)."""
-    if request.path == "/webhooks/twilio/sms":
-        return "sms"
-    if request.path.startswith("/webhooks/telegram/"):
-        return BOTS.get(request.match_info.get("bot", ""), "unknown")
-    return None
+    return request.get(INBOUND_CHANNEL)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -89,6 +86,8 @@ def webhook(channel: Channel, route: Route) -> Handler:
     verify the call, parse it, and store it (messages through the intake process, delivery reports
     on the store thread) before answering what the provider expects."""
     async def handle(request: web.Request) -> web.Response:
+        if route.kind == "inbound":
+            request[INBOUND_CHANNEL] = channel.name  # for the refusal's metric
         body = await read_body(request)
         call = Request(request.app[SETTINGS].base_url + request.path_qs, request.path, request.headers,
                        request.query, body)
