@@ -18,6 +18,10 @@ from gateway.city import City
 from gateway.config import Settings
 
 SUGGESTIONS = 3
+# What the classifier reads of an appeal. Cost grows with length (jieba, features, place scan):
+# 1,000+ characters ran at ~110/s uncapped. What and where come early in residents' messages; the
+# rest of a long one is background, which the triage desk reads anyway.
+READ_LIMIT = 300
 
 
 def classifier_dir(settings: Settings) -> Path:
@@ -36,7 +40,8 @@ class AppealClassifier:
         for code in city.appeal_types:
             phrases["kt:" + code] = keywords.get("appeal_types", {}).get(code, [])
         keyword_index = PhraseIndex(phrases)
-        self.gazetteer = Gazetteer(city.places, [g.name for g in city.grids.values() if g.level < 3])
+        areas = [name for g in city.grids.values() if g.level < 3 for name in (g.name, g.name_en)]
+        self.gazetteer = Gazetteer(city.places, areas, place_kinds=keywords.get("place_kinds", ()))
         user_words = [*self.gazetteer.words, *keyword_index.phrases, *(c.name for c in city.categories.values())]
         self.segmenter = self.gazetteer.segmenter = Segmenter(user_words)
         examples = [e for e in load_examples(folder / "examples.jsonl")
@@ -44,7 +49,7 @@ class AppealClassifier:
         self.text_model = TextModel(Featurizer(keyword_index), examples, self.segmenter.tokenize)
 
     def classify(self, text: str, sender: str | None) -> Classification:
-        normal = normalize(text)
+        normal = normalize(text[:READ_LIMIT])
         tokens = self.segmenter.tokenize(normal)
         resident = self.city.resident_by_phone(sender) if sender else None
         location = self.gazetteer.locate(normal, resident.grid_code if resident else None, tokens)
