@@ -44,7 +44,7 @@ class AppealClassifier:
         self.gazetteer = Gazetteer(city.places, areas, place_kinds=keywords.get("place_kinds", ()))
         user_words = [*self.gazetteer.words, *keyword_index.phrases, *(c.name for c in city.categories.values())]
         self.segmenter = self.gazetteer.segmenter = Segmenter(user_words)
-        examples = [e for e in load_examples(folder / "examples.jsonl")
+        examples = [e for path in sorted(folder.glob("examples*.jsonl")) for e in load_examples(path)
                     if e.category in city.categories and e.appeal_type in city.appeal_types]
         self.text_model = TextModel(Featurizer(keyword_index), examples, self.segmenter.tokenize)
 
