@@ -43,8 +43,8 @@ from broadcasts.audience import GridTree  # noqa: E402
 from broadcasts.cli import progress_line  # noqa: E402
 from broadcasts.models import BroadcastRow  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
+from gateway.roles.supervisor import prepare_store  # noqa: E402
 from gateway.store import GridRow, ResidentRow, make_engine, session_factory, utcnow  # noqa: E402
-from gateway.supervisor import prepare_store  # noqa: E402
 
 STALL = 30  # seconds without progress before the bench stops waiting
 TAGS = ("elderly", "empty_nest", "disabled", "low_income", "veteran", "party_member")

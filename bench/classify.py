@@ -31,7 +31,7 @@ import time
 started = time.perf_counter()
 from pathlib import Path
 from classifiers import build_classifier
-from gateway.city import load_city
+from gateway.domain.city import load_city
 from gateway.config import Settings
 settings = Settings(config_dir=Path({config!r}))
 classifier = build_classifier(load_city(settings.city_dir), settings)
@@ -53,8 +53,8 @@ def throughput(config: Path, seconds: float) -> tuple[float, int]:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     sys.path.insert(0, str(ROOT))
     from classifiers import build_classifier
-    from gateway.city import load_city
     from gateway.config import Settings
+    from gateway.domain.city import load_city
 
     settings = Settings(config_dir=config)
     classifier = build_classifier(load_city(settings.city_dir), settings)
@@ -75,7 +75,7 @@ LENGTHS = (70, 200, 500, 1000, 3000)
 def by_length(config: Path, seconds: float) -> list[tuple[int, float]]:
     """(length, appeals/s) for appeals of about each length in LENGTHS, one core."""
     from classifiers import build_classifier
-    from gateway.city import load_city
+    from gateway.domain.city import load_city
     from gateway.config import Settings
 
     settings = Settings(config_dir=config)

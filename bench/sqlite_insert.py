@@ -1,6 +1,6 @@
 """The intake's SQLite write alone: groups of inbound messages with random MessageSids, as under load.
 
-Each group is one transaction through `gateway.intake.insert_on_sqlite`, committed with fsync, on
+Each group is one transaction through `gateway.roles.intake.insert_on_sqlite`, committed with fsync, on
 the real schema. It shows what the SQLite settings in `gateway.store.make_engine` are worth: with
 random ids every row lands on its own page of the unique index, so a group of 25 changes some 25
 pages, and both the statement journal (an undo copy of those pages, spilled to a temporary file
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from adapters import InboundMessage  # noqa: E402
-from gateway.intake import insert_on_sqlite  # noqa: E402
+from gateway.roles.intake import insert_on_sqlite  # noqa: E402
 from gateway.store import make_engine, migrate, utcnow  # noqa: E402
 
 # name → (temp_store, wal_autocheckpoint) set after make_engine's own settings

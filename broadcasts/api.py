@@ -33,9 +33,9 @@ from broadcasts.audience import GridTree
 from broadcasts.models import DELIVERY_RANK, BroadcastRow, DeliveryRow
 from broadcasts.schedule import parse_when
 from broadcasts.senders import STATUS_PATH
-from gateway.city import Worker
 from gateway.config import Settings
-from gateway.intake import Intake
+from gateway.domain.city import Worker
+from gateway.roles.intake import Intake
 from gateway.store import utcnow
 
 log = logging.getLogger(__name__)

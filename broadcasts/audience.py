@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Text, and_, cast, not_, or_, select, true
 from sqlalchemy.orm import Session
 
-from gateway.city import CHANNELS
+from gateway.domain.city import CHANNELS
 from gateway.store import GridRow, ResidentRow
 
 KEYS = {"tag": "tag", "grid": "grid", "language": "language", "lang": "language", "channel": "channel"}

@@ -7,7 +7,7 @@
 - `send_job(broadcast_id, ids)` takes tokens from the shared rate limits, claims that many rows
   with one UPDATE (pending → sending), sends them concurrently, and records every outcome in one
   transaction. A blocked Telegram chat falls back to SMS; 429 / 5xx retry with backoff.
-- `sweep(ctx)` (called by `gateway.sweeper` every few seconds) starts broadcasts that are due,
+- `sweep(ctx)` (called by `gateway.roles.sweeper` every few seconds) starts broadcasts that are due,
   reconciles deliveries stuck in `sending` with the provider (a dead worker's), and, when the
   queue has drained, re-enqueues whatever the store still shows unfinished: rq loses the jobs of
   a killed worker (FACTS.md), the store does not.
@@ -33,13 +33,13 @@ from adapters.telegram import TelegramClient
 from broadcasts import service
 from broadcasts.audience import GridTree
 from broadcasts.models import BroadcastRow, DeliveryRow
-from broadcasts.ratelimit import TokenBucket
 from broadcasts.senders import Claimed, Unsure, send_sms, send_telegram, twilio_client
 from broadcasts.templates import Renderer, sms_body, sms_cost
-from gateway import jobs
 from gateway.config import Settings
-from gateway.outbox import CLOCK_SKEW, MAX_ATTEMPTS, backoff
+from gateway.delivery.outbox import CLOCK_SKEW, MAX_ATTEMPTS, backoff
+from gateway.delivery.ratelimit import TokenBucket
 from gateway.queues import INBOUND_QUEUE
+from gateway.roles import jobs
 from gateway.store import insert_for, utcnow
 
 log = logging.getLogger(__name__)

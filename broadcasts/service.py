@@ -24,8 +24,8 @@ from adapters.twilio_sms import segments
 from broadcasts import audience, templates
 from broadcasts.models import UNFINISHED, BroadcastRow, DeliveryRow
 from broadcasts.schedule import QuietHours, release_time
-from gateway.city import Worker
 from gateway.config import Settings
+from gateway.domain.city import Worker
 from gateway.logs import mask
 from gateway.store import ContactRow, ResidentRow
 from gateway.world import RESIDENT_BOT

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.city import City
 from gateway.config import Settings
+from gateway.domain.city import City
 
 
 @dataclass(frozen=True)

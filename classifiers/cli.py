@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TextIO
 
 from classifiers import Classification, Classifier, build_classifier
-from gateway.city import load_city
 from gateway.config import Settings
+from gateway.domain.city import load_city
 
 FIELDS = ("category", "appeal_type", "department", "grid")
 F1_FIELDS = ("category", "appeal_type")

@@ -36,7 +36,7 @@ from rapidfuzz import fuzz
 
 from classifiers.normalize import normalize, romanize, squeeze, syllable
 from classifiers.segment import Segmenter
-from gateway.city import Place
+from gateway.domain.city import Place
 
 _BUILDING_ROW = re.compile(r"^(?P<base>.+?)(?P<lo>\d+)(?:-(?P<hi>\d+))?号楼$")
 _SEGMENT_ROW = re.compile(r"^(?P<road>.+?)(?P<lo>\d+)-(?P<hi>\d+)号(?:\((?P<side>单号|双号)\))?$")

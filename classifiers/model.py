@@ -14,8 +14,8 @@ from classifiers.gazetteer import Gazetteer
 from classifiers.normalize import normalize
 from classifiers.segment import Segmenter
 from classifiers.text_model import Featurizer, PhraseIndex, TextModel, load_examples
-from gateway.city import City
 from gateway.config import Settings
+from gateway.domain.city import City
 
 SUGGESTIONS = 3
 # What the classifier reads of an appeal. Cost grows with length (jieba, features, place scan):

@@ -1,6 +1,6 @@
 """The aiohttp gateway: provider webhooks in, operator API out.
 
-Webhook handlers only verify, parse and store (gateway.intake); understanding and replying
+Webhook handlers only verify, parse and store (gateway.roles.intake); understanding and replying
 happen in rq workers, so a provider is answered in milliseconds however busy the workers are.
 """
 
@@ -19,10 +19,11 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import InboundError, InboundMessage, telegram, twilio_sms
 from broadcasts import api as broadcast_api
-from gateway import cases, operators, outbox, report
-from gateway.city import City, Worker
 from gateway.config import Settings
-from gateway.intake import Intake, socket_path
+from gateway.delivery import outbox
+from gateway.domain import cases, operators, report
+from gateway.domain.city import City, Worker
+from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
 from gateway.world import BOTS
 

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broadcasts.cli import register as register_broadcast
-from gateway.city import CityImportError, load_city
 from gateway.config import Settings, load_settings
+from gateway.domain.city import CityImportError, load_city
 from gateway.logs import setup_logging
 
 
 def command_up(settings: Settings, _args: argparse.Namespace) -> int:
-    from gateway import supervisor
+    from gateway.roles import supervisor
 
     supervisor.run(settings)
     return 0
@@ -91,7 +91,7 @@ def command_sms(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_cases(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway import cases
+    from gateway.domain import cases
     from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
 
     with session_factory(make_engine(settings.sqlalchemy_url))() as session:
@@ -116,7 +116,7 @@ def command_cases(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway import operators
+    from gateway.domain import operators
     from gateway.store import load_city_from_store, make_engine, session_factory
 
     with session_factory(make_engine(settings.sqlalchemy_url))() as session, session.begin():
@@ -135,8 +135,8 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def command_tick(settings: Settings, args: argparse.Namespace) -> int:
     """Run the deadline clock once, as of now or of --now: the controllable clock tests use."""
-    from gateway import jobs
     from gateway.queues import CLOCK_QUEUE, connect, private_redis_url, queues
+    from gateway.roles import jobs
 
     at = datetime.fromisoformat(args.now).astimezone(UTC).replace(tzinfo=None) if args.now else None
     jobs.enqueue_tick(queues(connect(settings.redis_url or private_redis_url(settings.home)))[CLOCK_QUEUE], at)
@@ -147,9 +147,10 @@ def command_tick(settings: Settings, args: argparse.Namespace) -> int:
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
     """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
-    from gateway import jobs, workflow
-    from gateway.cases import IllegalTransition, transition
+    from gateway.domain import workflow
+    from gateway.domain.cases import IllegalTransition, transition
     from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
+    from gateway.roles import jobs
     from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory, utcnow
     from gateway.world import World
 
@@ -223,7 +224,7 @@ The unit is the case's grid at --level (no grid: 未定位), its department, or 
 
 
 def command_report(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway import report
+    from gateway.domain import report
     from gateway.store import load_city_from_store, make_engine, session_factory
 
     with session_factory(make_engine(settings.sqlalchemy_url))() as session:

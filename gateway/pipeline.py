@@ -1,6 +1,6 @@
 """The message pipeline, top to bottom: receive → store → understand → route → act → reply.
 
-`receive` and `store` happen in the web process (gateway.intake) before the provider gets its
+`receive` and `store` happen in the web process (gateway.roles.intake) before the provider gets its
 200. Everything here runs in an rq worker on a message that is already safe in the store, in
 one transaction with the replies it produces, so a retried job can never act twice.
 Residents (SMS, the residents' bot) and grid workers (the workers' bot) take different paths.
@@ -16,11 +16,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers import Classification
-from gateway import cases, replies, workflow
-from gateway.city import City
-from gateway.intents import Intent, parse_intent
+from gateway.delivery.outbox import queue_message
+from gateway.domain import cases, replies, workflow
+from gateway.domain.city import City
+from gateway.domain.intents import Intent, parse_intent
 from gateway.logs import mask
-from gateway.outbox import queue_message
 from gateway.store import CaseAttachmentRow, CaseRow, ContactRow, InboundRow, OutboxRow, insert_for, utcnow
 from gateway.world import RESIDENT_BOT, SMS, WORKER_BOT, World
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from classifiers import Classifier
-from gateway.city import City
 from gateway.config import Settings
+from gateway.domain.city import City
 
 SMS = "sms"
 RESIDENT_BOT = "telegram-resident"  # the residents' Telegram bot

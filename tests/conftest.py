@@ -134,7 +134,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def store_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A migrated SQLite store holding the sample city, for tests below the HTTP layer."""
-    from gateway.supervisor import prepare_store
+    from gateway.roles.supervisor import prepare_store
 
     settings = replace(load_settings({}), home=tmp_path_factory.mktemp("store"), config_dir=CONFIG)
     prepare_store(settings)

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import delete, insert, select
 
 from gateway.config import load_settings
+from gateway.roles.supervisor import prepare_store
 from gateway.store import GridRow, ResidentRow, make_engine, session_factory
-from gateway.supervisor import prepare_store
 from tests.conftest import Stack, http_json, stack_environment, wait_for
 from tests.test_broadcast_stack import cli_json, marked, running_stack
 
@@ -58,7 +58,7 @@ def worker_groups(stack: Stack) -> set[int]:
             continue
         try:
             command = (entry / "cmdline").read_bytes()
-            if b"gateway.worker" in command and os.getsid(int(entry.name)) != os.getsid(stack.process.pid):
+            if b"gateway.roles.worker" in command and os.getsid(int(entry.name)) != os.getsid(stack.process.pid):
                 parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 if parent == stack.process.pid:
                     groups.add(os.getpgid(int(entry.name)))

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from broadcasts.ratelimit import TokenBucket
+from gateway.delivery.ratelimit import TokenBucket
 from gateway.queues import PrivateRedis
 from tests.conftest import ROOT
 
@@ -18,7 +18,7 @@ SECONDS = 2.0
 
 HAMMER = """
 import sys, time, redis
-from broadcasts.ratelimit import TokenBucket
+from gateway.delivery.ratelimit import TokenBucket
 bucket = TokenBucket(redis.Redis.from_url(sys.argv[1]), "shared", float(sys.argv[2]))
 granted, end = 0, float(sys.argv[3])
 while time.time() < end:

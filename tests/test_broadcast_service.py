@@ -14,8 +14,8 @@ from broadcasts import audience, service
 from broadcasts.audience import And, Not, Or, Term
 from broadcasts.schedule import QuietHours, release_time
 from gateway.config import load_settings
+from gateway.roles.supervisor import prepare_store
 from gateway.store import ContactRow, make_engine, session_factory
-from gateway.supervisor import prepare_store
 from tests.conftest import CONFIG
 from tests.test_sms_flow import CITY
 

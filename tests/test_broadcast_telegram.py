@@ -10,15 +10,15 @@ from dataclasses import replace
 
 import redis
 
-from adapters.sandbox.telegram_fake import fake_telegram_server
-from adapters.sandbox.twilio_fake import fake_twilio_server
 from adapters.telegram import TelegramClient
+from adapters.telegram.sandbox import fake_telegram_server
+from adapters.twilio_sms.sandbox import fake_twilio_server
 from broadcasts import fanout, service
 from broadcasts.audience import GridTree
-from broadcasts.ratelimit import TokenBucket
 from gateway.config import load_settings
+from gateway.delivery.ratelimit import TokenBucket
+from gateway.roles.supervisor import prepare_store
 from gateway.store import make_engine, session_factory, utcnow
-from gateway.supervisor import prepare_store
 from tests.conftest import CONFIG, http_json
 from tests.test_sms_flow import CITY
 

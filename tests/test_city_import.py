@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from gateway.city import CityImportError, load_city
+from gateway.domain.city import CityImportError, load_city
 from gateway.store import ResidentRow, import_city, load_city_from_store, make_engine, migrate, session_factory
 from tests.conftest import CONFIG, ROOT, stack_environment
 

@@ -10,8 +10,8 @@ import pytest
 
 from classifiers import build_classifier
 from classifiers.cli import classify_stream, evaluate_file
-from gateway.city import load_city
 from gateway.config import RoutingOverride, Settings
+from gateway.domain.city import load_city
 
 CONFIG = Path("config")
 DEV_SET = Path("tests/data/appeals-dev.jsonl")

@@ -9,7 +9,7 @@ import pytest
 from classifiers.gazetteer import Gazetteer
 from classifiers.normalize import chinese_to_int, normalize
 from classifiers.segment import Segmenter
-from gateway.city import load_city
+from gateway.domain.city import load_city
 
 DH_ROAD = ("QH-DH-01-01", "QH-DH-01-03", "QH-DH-02-01", "QH-DH-02-03")  # 东湖路's four segments
 

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from adapters import InboundMessage
-from gateway import intake as intake_module
-from gateway.intake import (
+from gateway.roles import intake as intake_module
+from gateway.roles.intake import (
     FrameReader,
     Intake,
     IntakeServer,
@@ -215,7 +215,7 @@ def intake_pid(stack) -> int | None:
                 parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if b"gateway.intake" in command and parent == stack.process.pid:
+            if b"gateway.roles.intake" in command and parent == stack.process.pid:
                 return int(entry.name)
     return None
 

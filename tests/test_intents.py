@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateway.intents import parse_intent
+from gateway.domain.intents import parse_intent
 from gateway.logs import MaskingFilter, mask
 
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from classifiers import Classification
-from gateway.cases import IllegalTransition, open_case, transition
-from gateway.city import load_city
+from gateway.domain.cases import IllegalTransition, open_case, transition
+from gateway.domain.city import load_city
 from gateway.store import CaseEventRow, CaseRow, make_engine, session_factory, utcnow
 from tests.conftest import CONFIG
 

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from gateway import operators, report
-from gateway.city import City
 from gateway.config import Settings, load_settings
+from gateway.domain import operators, report
+from gateway.domain.city import City
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
 from tests.conftest import CONFIG, ROOT, stack_environment
 
@@ -50,7 +50,7 @@ def case_row(number: str, grid: str | None, department: str, worker: str | None,
 @pytest.fixture(scope="module")
 def report_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A fresh store of our own holding the sample city and exactly the CASES above."""
-    from gateway.supervisor import prepare_store
+    from gateway.roles.supervisor import prepare_store
 
     settings = replace(load_settings({}), home=tmp_path_factory.mktemp("report"), config_dir=CONFIG)
     prepare_store(settings)

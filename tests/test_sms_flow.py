@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from gateway.city import load_city
+from gateway.domain.city import load_city
 from gateway.store import CaseRow, InboundRow, OutboxRow, utcnow
 from tests.conftest import CONFIG, http_json, wait_for
 from tests.twilio_client import inbound_form, post

@@ -19,9 +19,9 @@ import requests
 from aiohttp import web
 
 from adapters import InboundError, InboundMessage, SendError
-from adapters.sandbox.telegram_fake import fake_telegram_server
-from adapters.sandbox.twilio_fake import LoopbackServer
 from adapters.telegram import TelegramClient, parse_inbound, verify
+from adapters.telegram.sandbox import fake_telegram_server
+from adapters.twilio_sms.sandbox import LoopbackServer
 from tests.conftest import free_port, sandbox_process
 
 RESIDENT_TOKEN = "7701234567:AAHfRm3Lq0x-resident-bot-token"
@@ -373,7 +373,7 @@ def test_long_poll_returns_when_an_update_arrives(fake: LoopbackServer, resident
 
 
 def test_runs_as_a_module_on_a_free_port() -> None:
-    with sandbox_process("adapters.sandbox.telegram_fake", "--token", RESIDENT_TOKEN, "--token", WORKER_TOKEN) as url:
+    with sandbox_process("adapters.telegram.sandbox", "--token", RESIDENT_TOKEN, "--token", WORKER_TOKEN) as url:
         with TelegramClient(WORKER_TOKEN, url) as client:
             assert client.send(WORKER, ALERT, BUTTONS) == "1"  # a fresh fake
         assert requests.get(f"{url}/bot{RESIDENT_TOKEN}/getMe", timeout=5).json()["ok"] is True

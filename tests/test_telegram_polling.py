@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from adapters.sandbox.telegram_fake import fake_telegram_server
-from adapters.sandbox.twilio_fake import LoopbackServer
+from adapters.telegram.sandbox import fake_telegram_server
+from adapters.twilio_sms.sandbox import LoopbackServer
 from gateway.config import SANDBOX_TELEGRAM_TOKENS, Settings
-from gateway.telegram_poller import poll
+from gateway.roles.telegram_poller import poll
 from tests.conftest import http_json, wait_for
 
 

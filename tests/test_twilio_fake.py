@@ -21,8 +21,8 @@ from aiohttp import web
 from twilio.rest import Client
 
 from adapters import SendError
-from adapters.sandbox.twilio_fake import LoopbackServer, fake_twilio_server
 from adapters.twilio_sms import make_client, parse_status, send, verify
+from adapters.twilio_sms.sandbox import LoopbackServer, fake_twilio_server
 from gateway.config import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, Settings
 from tests.conftest import sandbox_process
 
@@ -284,6 +284,6 @@ def test_unreachable_status_callback_does_not_stop_sending(client: Client) -> No
 
 
 def test_runs_as_a_module_on_a_free_port() -> None:
-    with sandbox_process("adapters.sandbox.twilio_fake", "--account-sid", SANDBOX_ACCOUNT_SID,
+    with sandbox_process("adapters.twilio_sms.sandbox", "--account-sid", SANDBOX_ACCOUNT_SID,
                          "--auth-token", SANDBOX_AUTH_TOKEN) as url:
         assert reply(make_client(Settings(twilio_api_base=url))).startswith("SM")

@@ -16,9 +16,10 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from broadcasts.fanout import sweep as broadcast_sweep
-from gateway import jobs, outbox
+from gateway.delivery import outbox
 from gateway.logs import setup_logging
 from gateway.queues import CLOCK_QUEUE, INBOUND_QUEUE, OUTBOUND_QUEUE
+from gateway.roles import jobs
 from gateway.store import InboundRow, utcnow
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The web process's entry point (`python -m gateway.web`), kept apart from gateway.app so that
+"""The web process's entry point (`python -m gateway.roles.web`), kept apart from gateway.app so that
 module is only ever imported under its own name."""
 
 from __future__ import annotations

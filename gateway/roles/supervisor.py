@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 
 from adapters import SendError
 from adapters.telegram import TelegramClient
-from gateway.city import load_city
 from gateway.config import Settings
+from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, import_city, make_engine, migrate, session_factory
 
@@ -86,18 +86,18 @@ class Supervisor:
             self.settings = replace(self.settings, redis_url=self.redis.start())
             log.info("private redis-server on %s", self.redis.socket)
         if self.settings.sandbox and not self.settings.twilio_api_base:
-            self.children.append(Child("twilio-sandbox", "adapters.sandbox.twilio_fake",
+            self.children.append(Child("twilio-sandbox", "adapters.twilio_sms.sandbox",
                                        ("--port", str(self.settings.sandbox_port))))
         if self.settings.telegram_sandbox and not self.settings.telegram_api_base:
             tokens = [arg for token in self.settings.telegram_tokens.values() for arg in ("--token", token)]
-            self.children.append(Child("telegram-sandbox", "adapters.sandbox.telegram_fake",
+            self.children.append(Child("telegram-sandbox", "adapters.telegram.sandbox",
                                        ("--port", str(self.settings.telegram_sandbox_port), *tokens)))
-        self.children += [Child(f"worker-{n}", "gateway.worker") for n in range(self.settings.workers)]
+        self.children += [Child(f"worker-{n}", "gateway.roles.worker") for n in range(self.settings.workers)]
         # The intake first: the web processes hand it every inbound message, so it stops after them.
-        self.children += [Child("sweeper", "gateway.sweeper"), Child("intake", "gateway.intake")]
-        self.children += [Child(f"web-{n}", "gateway.web") for n in range(self.settings.web_processes)]
+        self.children += [Child("sweeper", "gateway.roles.sweeper"), Child("intake", "gateway.roles.intake")]
+        self.children += [Child(f"web-{n}", "gateway.roles.web") for n in range(self.settings.web_processes)]
         if self.settings.telegram_polling:
-            self.children.append(Child("telegram-poller", "gateway.telegram_poller"))
+            self.children.append(Child("telegram-poller", "gateway.roles.telegram_poller"))
         env = self.child_environment()
         for child in self.children:
             child.start(env)

@@ -11,9 +11,11 @@ from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers import build_classifier
-from gateway import outbox, pipeline, workflow
-from gateway.channels import build_senders
+from gateway import pipeline
 from gateway.config import Settings, load_settings
+from gateway.delivery import outbox
+from gateway.delivery.channels import build_senders
+from gateway.domain import workflow
 from gateway.queues import OUTBOUND_QUEUE, connect, queues
 from gateway.store import load_city_from_store, make_engine, session_factory, utcnow
 from gateway.world import World

@@ -2,7 +2,7 @@
 
 The city tables mirror the CSV exports; the rest is the gateway's own record: every inbound
 message, every case with its audit trail, and every outgoing message as an outbox row.
-Schema changes go through Alembic (`gateway/migrations`); `migrate()` brings a database to head.
+Schema changes go through Alembic (`gateway/store/migrations`); `migrate()` brings a database to head.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from gateway import city as citymod
+from gateway.domain import city as citymod
 
 
 def utcnow() -> datetime:

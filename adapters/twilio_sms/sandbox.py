@@ -26,7 +26,7 @@ Control API (JSON, no auth, loopback only):
     DELETE /_sandbox/messages                                      forget the messages
     POST   /_sandbox/reset                                         forget messages, faults, opt-outs; mode all
 
-Start it with `python -m adapters.sandbox.twilio_fake --port 8089 [--callbacks final]` (`--port 0`:
+Start it with `python -m adapters.twilio_sms.sandbox --port 8089 [--callbacks final]` (`--port 0`:
 a free port; the first line printed names the URL), or inside a test:
 
     with fake_twilio_server() as fake:

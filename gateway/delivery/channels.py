@@ -9,8 +9,8 @@ import redis
 
 from adapters import SendError, twilio_sms
 from adapters.telegram import TelegramClient
-from broadcasts.ratelimit import TokenBucket
 from gateway.config import Settings
+from gateway.delivery.ratelimit import TokenBucket
 from gateway.world import BOTS, SMS
 
 

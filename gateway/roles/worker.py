@@ -10,9 +10,9 @@ from __future__ import annotations
 from rq import SimpleWorker
 
 from broadcasts.fanout import broadcasting
-from gateway import jobs
 from gateway.logs import setup_logging
 from gateway.queues import QUEUE_NAMES
+from gateway.roles import jobs
 
 
 def main() -> None:

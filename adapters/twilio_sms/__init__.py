@@ -10,20 +10,34 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlparse
 
+import aiohttp
 import requests
 from multidict import MultiDict
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator, add_port, remove_port
 from twilio.rest import Client
 from yarl import URL
 
-from adapters import DeliveryStatus, InboundError, InboundMessage, SendError, is_loopback
+from adapters import (
+    Channel,
+    DeliveryStatus,
+    InboundError,
+    InboundMessage,
+    Limits,
+    Outgoing,
+    SendError,
+    Unsure,
+    is_loopback,
+)
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -262,3 +276,77 @@ def segments(text: str) -> int:
             parts, used = parts + 1, 0
         used += width
     return parts
+
+
+# --- the channel ----------------------------------------------------------------------------
+
+# twilio's HTTP client logs every request and response at INFO: a third of a sender's time at
+# thousands a second, and the phone numbers with it. Ours tells only of trouble.
+_HTTP_LOG = logging.getLogger("adapters.twilio_sms.http")
+_HTTP_LOG.setLevel(logging.WARNING)
+
+
+class TwilioSms(Channel):
+    """SMS through Twilio's REST API (or the loopback sandbox that speaks it).
+
+    Sending uses twilio's own asyncio client (`messages.create_async` over aiohttp): measured on
+    loopback it costs ~0.2 ms of CPU a message against ~0.9 ms for the requests-based client in
+    threads. Our delivery id rides on the StatusCallback URL, so a report that arrives before we
+    have stored the MessageSid still finds its row.
+    """
+
+    name = "sms"
+
+    def __init__(self, account_sid: str, auth_token: str, from_number: str, api_base: str,
+                 status_url: str | None, *, rate: float = 0.0, unit: str = "messages", concurrency: int = 50):
+        self._credentials = (account_sid, auth_token)
+        self._from = from_number
+        self._api_base = api_base
+        self._status_url = status_url
+        self._concurrency = concurrency
+        self._client: Client | None = None
+        self._http: AsyncTwilioHttpClient | None = None
+        self.limits = Limits(rate=rate, unit=unit)
+
+    def cost(self, text: str) -> float:
+        return float(segments(text)) if self.limits.unit == "segments" else 1.0
+
+    def _async_client(self) -> Client:
+        """Built on first use, inside the sender's event loop (aiohttp sessions belong to one loop)."""
+        if self._client is None:
+            self._http = AsyncTwilioHttpClient(pool_connections=False, logger=_HTTP_LOG)
+            # Its default session never times out; ours gives up after SEND_TIMEOUT and pools connections.
+            self._http.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT),
+                                                       connector=aiohttp.TCPConnector(limit=self._concurrency),
+                                                       trust_env=not is_loopback(self._api_base))
+            self._client = Client(*self._credentials, http_client=self._http)
+            self._client.edge = self._client.region = None  # as in make_client
+            self._client.api.base_url = self._api_base
+        return self._client
+
+    async def send(self, message: Outgoing) -> str:
+        callback = f"{self._status_url}?delivery={message.delivery_id}" if self._status_url else None
+        try:
+            sent = await self._async_client().messages.create_async(
+                to=message.address, from_=self._from, body=message.text, status_callback=callback)
+        except TwilioRestException as error:
+            raise _rest_error(error.status, error.code, error.msg) from error
+        except TwilioServiceException as error:
+            raise _rest_error(error.status, error.code, error.detail or error.title) from error
+        except aiohttp.ClientConnectorError as error:  # never connected: nothing reached Twilio
+            raise SendError(f"cannot reach Twilio: {error}", retryable=True, code="network") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise Unsure(f"no answer from Twilio: {error!r}") from error
+        return sent.sid
+
+    async def find_sent(self, address: str, text: str, since: datetime) -> str | None:
+        """Twilio lists what an account sent: match recipient and body after `since`."""
+        try:
+            listed = await self._async_client().messages.list_async(to=address, date_sent_after=since, limit=100)
+        except (TwilioRestException, TwilioServiceException, aiohttp.ClientError, TimeoutError) as error:
+            raise SendError(f"cannot list Twilio's messages: {error!r}", retryable=True, code="network") from error
+        return next((m.sid for m in listed if m.body == text), None)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.session.close()

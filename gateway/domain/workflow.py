@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from gateway import cases, replies
-from gateway.cases import IllegalTransition, transition
-from gateway.city import City, Worker
-from gateway.intents import normalise
-from gateway.outbox import queue_message
+from gateway.delivery.outbox import queue_message
+from gateway.domain import cases, replies
+from gateway.domain.cases import IllegalTransition, transition
+from gateway.domain.city import City, Worker
+from gateway.domain.intents import normalise
 from gateway.store import CaseAttachmentRow, CaseRow, OpinionLogRow, OutboxRow, WorkerPromptRow
 from gateway.world import WORKER_BOT, World
 

@@ -9,9 +9,9 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from classifiers import Classification
-from gateway import replies
-from gateway.city import City
 from gateway.config import Settings
+from gateway.domain import replies
+from gateway.domain.city import City
 from gateway.logs import mask
 from gateway.store import CaseCounterRow, CaseEventRow, CaseRow, WorkerPromptRow, insert_for
 

@@ -40,7 +40,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
-from adapters import InboundError, InboundMessage, SendError, is_loopback
+from adapters import Channel, InboundError, InboundMessage, Limits, Outgoing, SendError, Unsure, is_loopback
 
 TELEGRAM_API_BASE = "https://api.telegram.org"
 SEND_TIMEOUT = 10.0  # seconds, for connecting, writing and each read; getUpdates adds its long-poll timeout
@@ -374,3 +374,67 @@ class TelegramClient:
 
     def __exit__(self, *_exc_info: object) -> None:
         self.close()
+
+
+# --- the channel ----------------------------------------------------------------------------
+
+MAX_TEXT = 4096  # characters in one sendMessage text, after entity parsing
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """`text` in parts of at most `limit` characters, cut at a line break where there is one."""
+    parts: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind("\n", limit // 2, limit)
+        cut = cut + 1 if cut > 0 else limit
+        parts.append(text[:cut])
+        text = text[cut:]
+    return [*parts, text]
+
+
+class TelegramBot(Channel):
+    """One bot's messages, asynchronously through python-telegram-bot.
+
+    Telegram allows a bot ~30 messages/s overall and ~1/s per chat; it has no delivery reports, so
+    an accepted sendMessage is final, and it cannot list what a bot sent (`find_sent` is None). A
+    text past 4,096 characters goes as several messages, the buttons on the last.
+    """
+
+    def __init__(self, name: str, token: str, api_base: str = TELEGRAM_API_BASE, *,
+                 rate: float = 30.0, per_chat_rate: float = 1.0):
+        self.name = name
+        self.limits = Limits(rate=rate, per_address_rate=per_chat_rate, max_length=MAX_TEXT)
+        self._token, self._api_base = token, api_base
+        self._bot: Bot | None = None
+        self._http: tuple[HTTPXRequest, ...] = ()
+
+    def cost(self, text: str) -> float:
+        return float(len(split_text(text)))
+
+    def _connected(self) -> Bot:
+        """Built on first use, inside the sender's event loop (httpx clients belong to one loop)."""
+        if self._bot is None:
+            self._bot, self._http = _connect(self._token, self._api_base)
+        return self._bot
+
+    async def send(self, message: Outgoing) -> str:
+        markup = message.markup or {}
+        bot = self._connected()
+        try:
+            with _retry_after_as_is():
+                if "answer_callback" in markup:  # stops the spinner on the button the user pressed
+                    await bot.answer_callback_query(markup["answer_callback"], text=message.text or None)
+                    return f"callback:{markup['answer_callback']}"
+                *first, last = split_text(message.text)
+                for part in first:
+                    await bot.send_message(int(message.address), part)
+                keyboard = _keyboard(markup.get("inline"), markup.get("contact"))
+                sent = await bot.send_message(int(message.address), last, reply_markup=keyboard)
+        except TimedOut as error:  # it may have reached Telegram, which cannot tell us
+            raise Unsure(f"Telegram: {error.message}") from error
+        except TelegramError as error:
+            raise send_error(error) from error
+        return str(sent.message_id)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(http.shutdown() for http in self._http))

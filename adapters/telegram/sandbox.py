@@ -39,7 +39,7 @@ Unlike Telegram: every chat id exists (positive ids are private chats with that 
 be plain http on any port; a failed webhook post is not retried (re-post the update to replay it);
 updates queued before setWebhook stay queued for getUpdates.
 
-Start it with `python -m adapters.sandbox.telegram_fake --port 8090 --token T1 --token T2`
+Start it with `python -m adapters.telegram.sandbox --port 8090 --token T1 --token T2`
 (`--port 0`: a free port; the first line printed names the URL), or inside a test:
 
     with fake_telegram_server("123:RESIDENT", "456:WORKER") as fake:
@@ -67,7 +67,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.sandbox.twilio_fake import LoopbackServer, start_site
+from adapters.twilio_sms.sandbox import LoopbackServer, start_site
 from gateway.logs import setup_logging
 
 log = logging.getLogger(__name__)

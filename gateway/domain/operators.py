@@ -12,7 +12,7 @@ import secrets
 from sqlalchemy import ColumnElement, false, select
 from sqlalchemy.orm import Session
 
-from gateway.city import City, Worker
+from gateway.domain.city import City, Worker
 from gateway.store import CaseRow, OperatorTokenRow, utcnow
 
 

@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from gateway.cases import OPEN_STATES
-from gateway.city import City
+from gateway.domain.cases import OPEN_STATES
+from gateway.domain.city import City
 from gateway.store import CaseRow, utcnow
 
 GRID_LEVELS = {"street": 1, "community": 2, "grid": 3}

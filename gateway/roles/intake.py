@@ -2,7 +2,7 @@
 
 Two halves in two kinds of process. The web processes (several, sharing the port) verify and parse
 webhooks, then `Intake.store` hands each message to the one intake process (`python -m
-gateway.intake`) over a private unix socket. The intake process stores all the messages that came
+gateway.roles.intake`) over a private unix socket. The intake process stores all the messages that came
 while it was busy in one transaction (group commit: one fsync for the lot), answers, and then
 queues their processing, many groups to an rq job. SQLite takes one writer at a time, so a single
 writing process loses nothing to lock waits, and the HTTP work gets the other cores (measured in
@@ -36,13 +36,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from adapters import InboundMessage
-from gateway import jobs
 from gateway.config import Settings, load_settings
 from gateway.logs import setup_logging
 from gateway.queues import INBOUND_QUEUE, connect
+from gateway.roles import jobs
 from gateway.store import InboundRow, insert_for, make_engine, session_factory, utcnow
 
-log = logging.getLogger("gateway.intake")  # not __main__ when run with -m
+log = logging.getLogger("gateway.roles.intake")  # not __main__ when run with -m
 T = TypeVar("T")
 # Stored ids wait this long to share an rq job: building a job holds the GIL the store needs.
 LINGER = 0.02
