@@ -75,8 +75,8 @@ LENGTHS = (70, 200, 500, 1000, 3000)
 def by_length(config: Path, seconds: float) -> list[tuple[int, float]]:
     """(length, appeals/s) for appeals of about each length in LENGTHS, one core."""
     from classifiers import build_classifier
-    from gateway.domain.city import load_city
     from gateway.config import Settings
+    from gateway.domain.city import load_city
 
     settings = Settings(config_dir=config)
     classifier = build_classifier(load_city(settings.city_dir), settings)
