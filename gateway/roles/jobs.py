@@ -86,6 +86,7 @@ def tick_job(at: str | None = None) -> None:
 
 def process_inbound_job(ids: list[int]) -> None:
     ctx = context()
+    ctx.world.classifier.refresh()  # a model promoted since the last job is used from this one on
     outbox_ids = pipeline.process_inbound(ctx.sessions, ctx.world, ids)
     if outbox_ids:
         enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], outbox_ids)
