@@ -41,10 +41,12 @@ def main() -> None:
     rows = table(confidences, correct)
     print(f"{len(correct)} appeals from {', '.join(p.name for p in args.files)}; "
           f"department accuracy with no threshold {sum(correct) / len(correct):.1%}")
-    print("| threshold | routed automatically | to triage | department accuracy of the routed |")
-    print("|---|---|---|---|")
+    print("| threshold | routed automatically | to triage | department right, of the routed "
+          "| routed to the right department, of all | routed to a wrong department, of all |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row.threshold:.2f} | {row.routed:.1%} | {1 - row.routed:.1%} | {row.accuracy:.1%} |")
+        print(f"| {row.threshold:.2f} | {row.routed:.1%} | {1 - row.routed:.1%} | {row.accuracy:.1%} "
+              f"| {row.routed * row.accuracy:.1%} | {row.routed * (1 - row.accuracy):.1%} |")
     chosen = choose(rows)
     print(f"chosen: {chosen.threshold:.2f} (target >= {TARGET_ACCURACY:.0%} correct with <= {MAX_TRIAGE:.0%} "
           f"to triage): {chosen.routed:.1%} routed, {chosen.accuracy:.1%} of them right")

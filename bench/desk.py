@@ -84,7 +84,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in before:
         for field in FIELDS:
-            print(f"| {name} | {field} | {before[name]['accuracy'][field]:.1%} | {after[name]['accuracy'][field]:.1%} |")
+            was, now = before[name]["accuracy"][field], after[name]["accuracy"][field]
+            print(f"| {name} | {field} | {was:.1%} | {now:.1%} |")
         print(f"| {name} | sent to triage (wrongly) | {before[name]['sent_to_triage']} | "
               f"{after[name]['sent_to_triage']} |")
 
