@@ -1,9 +1,11 @@
 """Learning from the triage desk, end to end: before and after.
 
-Half of a labelled file (every other appeal) goes through the real path as cases that the triage
-desk settles (`cases.open_case`, then `workflow.settle` with the true category and grid, which
-stores each settlement in `desk_labels`). Then `gridline train`'s steps build a candidate from the
-shipped examples plus those labels, it is promoted, and the running classifier picks it up with
+Half of a labelled file (every other appeal) goes through the real path as cases
+(`cases.open_case`); those the desk would see, sent to triage or routed to a wrong department (they
+bounce back), are settled with their true category and grid (`workflow.settle`, which stores each
+settlement in `desk_labels`); with --all every case of that half is settled. Then `gridline
+train`'s steps build a candidate from the shipped examples plus those labels, it is promoted, and
+the running classifier picks it up with
 `refresh()` as a worker would between jobs. The other half (never seen by the desk) and any extra
 files are scored before and after. Everything happens in a temporary home (store and models).
 
@@ -36,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labelled", type=Path, default=ROOT / "tests" / "data" / "appeals-dev.jsonl")
     parser.add_argument("--also", type=Path, nargs="*", default=[ROOT / "config" / "classifier" / "holdout.jsonl"])
+    parser.add_argument("--all", action="store_true", help="the desk settles every case of the half, not only "
+                        "the triaged and misrouted ones")
     args = parser.parse_args()
     rows = read_labelled(args.labelled)
     settled, unseen = rows[0::2], rows[1::2]
@@ -64,6 +68,9 @@ def main() -> None:
                 case = cases.open_case(session, city=city, settings=settings, channel=SMS,
                                        reporter=row.get("sender") or "+8617000000000", text=row["text"],
                                        language=row.get("lang", "zh"), verdict=verdict, now=now)
+                seen_by_desk = case.queue == "triage" or case.department != row["expected"]["department"]
+                if not (seen_by_desk or args.all):
+                    continue
                 grid = row["expected"].get("grid")
                 workflow.settle(session, world, case, "operator:bench", now, category=row["expected"]["category"],
                                 grid=grid if grid in city.grids else None)
@@ -78,7 +85,8 @@ def main() -> None:
         assert classifier.refresh(), "the promoted model was not picked up"
         after = scorecards()
 
-    print(f"{len(corrections)} desk labels from {args.labelled.name} (every other appeal), "
+    print(f"{len(corrections)} desk labels from {args.labelled.name} (every other appeal"
+          f"{'' if args.all else ', those sent to triage or misrouted'}), "
           f"{changed} of them different from the model's own answer")
     print("| file | field | before | after |")
     print("|---|---|---|---|")
