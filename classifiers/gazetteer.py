@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz
 
-from classifiers.normalize import normalize, romanize, squeeze, syllable
+from classifiers.normalize import normalize, romanize, squeeze
+from classifiers.pinyin import sound_table
 from classifiers.segment import Segmenter
 from gateway.domain.city import Place
 
@@ -235,27 +236,23 @@ class Gazetteer:
         return found
 
     def _latin_mentions(self, text: str) -> list[Mention]:
-        """Latin names (English, pinyin) as whole words, compared with the spacing squeezed out."""
-        squeezed, where = squeeze(text)
+        """Latin names (English, pinyin) as whole words, compared with the spacing squeezed out:
+        a name starts where a word starts and ends where a word ends, longest first."""
+        squeezed, where, words = squeeze(text)
+        ends = [end for _, end in words]
         found: list[Mention] = []
-        pos = 0
-        while pos < len(squeezed):
-            hit = None
-            if where[pos] == 0 or not text[where[pos] - 1].isalnum():  # a word starts here
-                for length in self._latin_lengths.get(squeezed[pos], ()):
-                    surface = squeezed[pos:pos + length]
-                    if len(surface) < length or surface not in self._latin:
-                        continue
-                    start, end = where[pos], where[pos + length - 1] + 1
-                    if not self._at_word_edges(text, start, end):
-                        continue
-                    hit = self._resolve(self._latin[surface], text, start, end, surface)
+        covered = 0  # squeezed position up to which a found name reaches
+        for index, (pos, _) in enumerate(words):
+            lengths = self._latin_lengths.get(squeezed[pos])
+            if pos < covered or lengths is None:
+                continue
+            for stop in reversed(ends[index:bisect.bisect_right(ends, pos + lengths[0], lo=index)]):
+                surface = squeezed[pos:stop]
+                if surface in self._latin:
+                    hit = self._resolve(self._latin[surface], text, where[pos], where[stop - 1] + 1, surface)
+                    found.append(hit)
+                    covered = bisect.bisect_left(where, hit.end)
                     break
-            if hit:
-                found.append(hit)
-                pos = bisect.bisect_left(where, hit.end)
-            else:
-                pos += 1
         return found
 
     def _word_spans(self, text: str, tokens: list[tuple[str, int, int]] | None) -> set[tuple[int, int]]:
@@ -346,12 +343,13 @@ class Gazetteer:
         self._latin_candidates = _Candidates(
             [s for s in self._latin_plain if len(s) >= FUZZY_MIN_LATIN],
             _trigrams, lambda grams: math.ceil(0.6 * grams))
-        # Homophones: Chinese names by the pinyin of their first syllables.
-        self._homophones: dict[tuple[str, ...], list[tuple[tuple[str, ...], str]]] = defaultdict(list)
+        # Homophones: Chinese names as sound strings (one character per syllable), by their first sounds.
+        self._sounds = sound_table()
+        self._homophones: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for surface in self._surfaces:
             if len(surface) >= HOMOPHONE_MIN and not any(ch.isascii() for ch in surface):
-                syllables = tuple(syllable(ch) for ch in surface)
-                self._homophones[syllables[:HOMOPHONE_MIN]].append((syllables, surface))
+                sound = surface.translate(self._sounds)
+                self._homophones[sound[:HOMOPHONE_MIN]].append((sound, surface))
 
     def _plausible_typo(self, surface: str, window: str) -> bool:
         """Reject a "typo" that is really a village or community name followed by other words
@@ -369,11 +367,11 @@ class Gazetteer:
         """
         best: list[tuple[float, int, int, str]] = []
         if self._homophones:
-            syllables = [syllable(ch) if not ch.isascii() else ch for ch in text]
-            for start in range(len(text) - HOMOPHONE_MIN + 1):
-                for reading, surface in self._homophones.get(tuple(syllables[start:start + HOMOPHONE_MIN]), ()):
-                    end = start + len(reading)
-                    if (text[start:end] != surface and tuple(syllables[start:end]) == reading
+            sounds = text.translate(self._sounds)
+            for start in range(len(sounds) - HOMOPHONE_MIN + 1):
+                for sound, surface in self._homophones.get(sounds[start:start + HOMOPHONE_MIN], ()):
+                    end = start + len(sound)
+                    if (sounds[start:end] == sound and text[start:end] != surface
                             and self._plausible_typo(surface, text[start:end])):
                         best.append((HOMOPHONE_SCORE, start, end, surface))
         for surface in self._cjk_candidates(text):

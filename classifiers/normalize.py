@@ -44,24 +44,27 @@ def normalize(text: str) -> str:
     return _ADDRESS_NUMERAL.sub(lambda m: str(chinese_to_int(m.group())), text)
 
 
-def squeeze(text: str) -> tuple[str, list[int]]:
+def squeeze(text: str) -> tuple[str, list[int], list[tuple[int, int]]]:
     """Latin letters and digits of normalised text without the spaces and punctuation between them,
-    and the position in `text` of each kept character.
+    the position in `text` of each kept character, and where each word starts and ends in the
+    squeezed string.
 
     Residents write one name as "Cuihu Huayuan", "cuihuhuayuan" or "Cui-hu Garden"; compared
     squeezed, the spacing stops mattering. Any other character becomes "|", which no name holds.
     """
     kept: list[str] = []
     where: list[int] = []
+    words: list[tuple[int, int]] = []
     last = -2
     for run in _LATIN_RUN.finditer(text):
-        if last >= 0 and any(not ch.isascii() for ch in text[last:run.start()]):
+        if last >= 0 and not text[last:run.start()].isascii():
             kept.append("|")
             where.append(last)
+        words.append((len(where), len(where) + run.end() - run.start()))
         kept.append(run.group())
         where.extend(range(run.start(), run.end()))
         last = run.end()
-    return "".join(kept), where
+    return "".join(kept), where, words
 
 
 @cache

@@ -39,9 +39,10 @@ def test_normalize_makes_one_spelling(text, normal):
 
 
 def test_squeeze_drops_spacing_and_keeps_positions():
-    squeezed, where = squeeze("near cui-hu huayuan, 东湖 no. 4")
+    squeezed, where, words = squeeze("near cui-hu huayuan, 东湖 no. 4")
     assert squeezed == "nearcuihuhuayuan|no4"
     assert "near cui-hu huayuan, 东湖 no. 4"[where[4]] == "c"
+    assert [squeezed[a:b] for a, b in words] == ["near", "cui", "hu", "huayuan", "no", "4"]
 
 
 def test_romanize_gives_toneless_pinyin():
