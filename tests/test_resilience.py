@@ -22,7 +22,8 @@ from rq import Queue
 from sqlalchemy import func, select, update
 
 from adapters import InboundMessage
-from gateway.config import SANDBOX_TELEGRAM_TOKENS, load_settings
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
+from gateway.config import load_settings
 from gateway.queues import INBOUND_QUEUE, PrivateRedis, connect
 from gateway.roles import jobs
 from gateway.roles.intake import Intake, IntakeServer
