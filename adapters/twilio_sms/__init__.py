@@ -427,7 +427,9 @@ def channels(config: Config) -> list[Channel]:
                       region=config.region)]
 
 
-def sandbox(config: Config) -> Sandbox | None:
+def sandbox_spec(config: Config) -> Sandbox | None:
+    """How the supervisor runs the loopback fake, if it should (not named `sandbox`: importing the
+    sandbox submodule would put the module in that name's place)."""
     if config.sandbox_port is None:
         return None
     return Sandbox("twilio-sandbox", "adapters.twilio_sms.sandbox",
