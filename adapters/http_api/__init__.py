@@ -317,10 +317,9 @@ def channels(config: Config) -> list[Channel]:
     return [HttpChannel(config)] if config.enabled else []
 
 
-def sandbox_spec(config: Config) -> Sandbox | None:
+def sandbox_process(config: Config) -> Sandbox | None:
     """The loopback fake when the channel is on and no send URL is configured; it learns the
-    configuration from GRIDLINE_HTTP_SANDBOX_CONFIG (never the command line, where `ps` shows it).
-    Not named `sandbox`: importing the sandbox submodule would put the module in that name's place."""
+    configuration from GRIDLINE_HTTP_SANDBOX_CONFIG (never the command line, where `ps` shows it)."""
     if not config.enabled or config.send_url:
         return None
     return Sandbox("http-sandbox", "adapters.http_api.sandbox", ("--port", str(config.sandbox_port)),

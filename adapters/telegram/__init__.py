@@ -520,9 +520,7 @@ def channels(config: Config) -> list[Channel]:
             for bot, token in config.tokens.items()]
 
 
-def sandbox_spec(config: Config) -> Sandbox | None:
-    """How the supervisor runs the loopback fake, if it should (not named `sandbox`: importing the
-    sandbox submodule would put the module in that name's place)."""
+def sandbox_process(config: Config) -> Sandbox | None:
     if config.sandbox_port is None:
         return None
     tokens = [arg for token in config.tokens.values() for arg in ("--token", token)]

@@ -427,9 +427,7 @@ def channels(config: Config) -> list[Channel]:
                       region=config.region)]
 
 
-def sandbox_spec(config: Config) -> Sandbox | None:
-    """How the supervisor runs the loopback fake, if it should (not named `sandbox`: importing the
-    sandbox submodule would put the module in that name's place)."""
+def sandbox_process(config: Config) -> Sandbox | None:
     if config.sandbox_port is None:
         return None
     return Sandbox("twilio-sandbox", "adapters.twilio_sms.sandbox",
