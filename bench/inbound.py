@@ -12,6 +12,10 @@ working, so they compete with the gateway for the two cores and the SQLite write
 
     apt-get install wrk      # the load generator (C, so the client is not the bottleneck)
     .venv/bin/python bench/inbound.py [--seconds 10] [--connections 64]
+    .venv/bin/python bench/inbound.py --database sqlite,postgresql   # both stores side by side
+
+On PostgreSQL it starts a throwaway cluster from Debian's postgresql package (tests/postgres.py),
+fsync on, as a production server would run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from rq.suspension import resume, suspend  # noqa: E402
 
 from gateway.config import load_settings  # noqa: E402
 from gateway.queues import INBOUND_QUEUE, connect  # noqa: E402
-from gateway.store import InboundRow, OutboxRow  # noqa: E402
+from gateway.store import DeliveryRow, InboundRow  # noqa: E402
 
 WRK_SCRIPT = """
 local bodies, signatures, position = {}, {}, 0
@@ -160,30 +164,27 @@ def queued_inbound(redis, stored: int) -> tuple[int, int]:
         time.sleep(0.2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--bodies", type=int, default=150_000, help="distinct signed webhooks to cycle through")
-    parser.add_argument("--workers", type=int, default=2, help="rq workers that drain the appeals")
-    parser.add_argument("--live", action="store_true", help="let the workers run during the burst")
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed: apt-get install wrk")
-
-    print(f"hello-world: bare aiohttp POST, {args.connections} connections, {args.seconds} s ...", flush=True)
-    hellos = [hello_world_rate(args.seconds, args.connections)]
-
+def measure(args: argparse.Namespace, database: str) -> dict:
+    """One `gridline up` on `database` (sqlite, or postgresql: a throwaway cluster with fsync on)."""
     home = Path(tempfile.mkdtemp(prefix="gridline-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
     env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
                 "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
-                "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_WORKERS": str(args.workers)})
+                "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_METRICS_PORT": str(free_port()),
+                "GRIDLINE_WORKERS": str(args.workers)})
+    cluster = None
+    if database == "postgresql":
+        from tests.postgres import Cluster, postgres_bin
+
+        if postgres_bin() is None:
+            sys.exit("PostgreSQL is needed: apt-get install postgresql")
+        cluster = Cluster(postgres_bin(), durable=True).start()
+        env["GRIDLINE_DATABASE_URL"] = cluster.database()
     settings = load_settings(env)
-    print(f"signing {args.bodies} distinct webhooks ...", flush=True)
+    print(f"[{database}] signing {args.bodies} distinct webhooks ...", flush=True)
     bodies = home / "bodies.txt"
     signed_bodies(settings, args.bodies, bodies)
-    print("starting gridline up ...", flush=True)
+    print(f"[{database}] starting gridline up ...", flush=True)
     stack = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], cwd=ROOT, env=env,
                              stdout=(home / "gridline.log").open("w"), stderr=subprocess.STDOUT)
     try:
@@ -199,7 +200,7 @@ def main() -> None:
         if Worker.count(connection=redis) < args.workers:
             print(f"warning: only {Worker.count(connection=redis)} of {args.workers} workers ready after 60 s")
         mode = "workers running" if args.live else "workers suspended"
-        print(f"gateway: signed appeals, {args.connections} connections, {args.seconds} s, {mode} ...",
+        print(f"[{database}] gateway: signed appeals, {args.connections} connections, {args.seconds} s, {mode} ...",
               flush=True)
         result = run_wrk(f"http://{settings.host}:{settings.port}", "/webhooks/twilio/sms",
                          [str(bodies), "2"], args.seconds, args.connections, WRK_SCRIPT)
@@ -220,33 +221,62 @@ def main() -> None:
             time.sleep(1)
         drain = time.monotonic() - started
         with engine.connect() as connection:
-            acks = connection.execute(select(func.count()).select_from(OutboxRow)).scalar_one()
+            acks = connection.execute(select(func.count()).select_from(DeliveryRow)).scalar_one()
+        engine.dispose()
         print()
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(60)
+        if cluster is not None:
+            cluster.stop()
+    shutil.rmtree(home, ignore_errors=True)
+    return {"result": result, "accepted": accepted, "stored": stored, "queued_jobs": queued_jobs,
+            "queued_ids": queued_ids, "done": done, "drain": drain, "acks": acks}
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--bodies", type=int, default=150_000, help="distinct signed webhooks to cycle through")
+    parser.add_argument("--workers", type=int, default=2, help="rq workers that drain the appeals")
+    parser.add_argument("--live", action="store_true", help="let the workers run during the burst")
+    parser.add_argument("--database", default="sqlite",
+                        help="sqlite, postgresql, or both side by side: sqlite,postgresql")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    print(f"hello-world: bare aiohttp POST, {args.connections} connections, {args.seconds} s ...", flush=True)
+    hellos = [hello_world_rate(args.seconds, args.connections)]
+    runs = {database: measure(args, database) for database in args.database.split(",")}
     print("hello-world again, so a busy neighbour during one run cannot flatter the ratio ...", flush=True)
     hellos.append(hello_world_rate(args.seconds, args.connections))
     hello_rates = [run["requests"] / run["seconds"] for run in hellos]
     hello_rate, hello = max(zip(hello_rates, hellos, strict=True), key=lambda pair: pair[0])
-    rate = accepted / result["seconds"]
-    rows = [
-        ("bare aiohttp hello-world", f"{hello_rate:,.0f} req/s", f"{hello['p50_ms']:.1f}", f"{hello['p99_ms']:.1f}"),
-        ("gridline signed appeals", f"{rate:,.0f} appeals/s", f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}"),
-    ]
-    print(f"\n{'':<26} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, throughput, p50, p99 in rows:
-        print(f"{name:<26} {throughput:>18} {p50:>8} {p99:>8}")
-    print(f"\nratio to hello-world: {rate / hello_rate:.0%} (goal >= 40%; against the faster of the two "
-          f"hello-world runs: {' and '.join(f'{run_rate:,.0f}' for run_rate in hello_rates)} req/s)")
-    print(f"answered 200: {accepted}; non-2xx: {result['non2xx']}; socket errors: {result['socket_errors']}")
-    print(f"stored inbound rows: {stored} ({'all' if stored >= accepted else 'MISSING ROWS'}); "
-          f"queued for processing: {queued_ids} ({'all' if queued_ids == stored else 'NOT ALL'}) "
-          f"in {queued_jobs} rq jobs")
-    print(f"drain: {done} appeals processed {drain:.1f} s after the burst "
-          f"({done / max(drain, 0.001):,.0f} appeals/s through the workers; {acks} messages in the outbox)")
-    shutil.rmtree(home, ignore_errors=True)
+    rows = [("bare aiohttp hello-world", f"{hello_rate:,.0f} req/s", f"{hello['p50_ms']:.1f}",
+             f"{hello['p99_ms']:.1f}", "")]
+    for database, run in runs.items():
+        result = run["result"]
+        run["rate"] = run["accepted"] / result["seconds"]
+        rows.append((f"gridline on {database}", f"{run['rate']:,.0f} appeals/s", f"{result['p50_ms']:.1f}",
+                     f"{result['p99_ms']:.1f}", f"{run['rate'] / hello_rate:.0%}"))
+    print(f"\n{'':<26} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
+    for name, throughput, p50, p99, ratio in rows:
+        print(f"{name:<26} {throughput:>18} {p50:>8} {p99:>8} {ratio:>6}")
+    print(f"\nratio to hello-world: goal >= 40%; against the faster of the two hello-world runs: "
+          f"{' and '.join(f'{run_rate:,.0f}' for run_rate in hello_rates)} req/s")
+    for database, run in runs.items():
+        result = run["result"]
+        print(f"[{database}] answered 200: {run['accepted']}; non-2xx: {result['non2xx']}; "
+              f"socket errors: {result['socket_errors']}")
+        all_queued = "all" if run["queued_ids"] == run["stored"] else "NOT ALL"
+        print(f"[{database}] stored inbound rows: {run['stored']} "
+              f"({'all' if run['stored'] >= run['accepted'] else 'MISSING ROWS'}); "
+              f"queued for processing: {run['queued_ids']} ({all_queued}) in {run['queued_jobs']} rq jobs")
+        print(f"[{database}] drain: {run['done']} appeals processed {run['drain']:.1f} s after the burst "
+              f"({run['done'] / max(run['drain'], 0.001):,.0f} appeals/s through the workers; "
+              f"{run['acks']} messages in the outbox)")
 
 
 if __name__ == "__main__":

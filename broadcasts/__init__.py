@@ -2,6 +2,6 @@
 
 Read top to bottom: `audience` (who), `templates` (what each resident gets), `schedule` (when:
 quiet hours), `service` (create / preview / send / pause / resume / cancel / status), `fanout`
-(the rq jobs and the sweep that make sending durable), `senders` + `ratelimit` (how fast),
-`cli` and `api` (the operator's two doors).
+(the audience becomes delivery rows, which go out the one way every message does:
+gateway.delivery), `cli` and `api` (the operator's two doors).
 """

@@ -8,10 +8,13 @@ Terms: `tag:<tag>`, `grid:<code>` (the grid and everything under it), `language:
 `channel:sms|telegram` (the channel a resident is reached on: telegram when a chat is linked),
 and `all`. `not` binds tighter than `and`, which binds tighter than `or`; parentheses group.
 The whole thing becomes a WHERE clause, so an audience of a million is streamed, never loaded.
+An expression has at most MAX_LENGTH characters and nests (parentheses and `not`) at most
+MAX_DEPTH deep, so parsing it, and compiling its SQL, never recurses without bound.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ from gateway.store import GridRow, ResidentRow
 KEYS = {"tag": "tag", "grid": "grid", "language": "language", "lang": "language", "channel": "channel"}
 _TOKEN = re.compile(r"\s*(?:(\()|(\))|([^\s()]+))")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
+MAX_LENGTH = 2000  # characters: room for a few hundred terms, far more than any real audience
+MAX_DEPTH = 16  # parentheses and `not`s inside each other
 
 
 class AudienceError(ValueError):
@@ -76,8 +81,11 @@ class _Parser:
     unary := not unary | ( or_expr ) | term."""
 
     def __init__(self, text: str):
+        if len(text) > MAX_LENGTH:
+            raise AudienceError(f"the audience is longer than {MAX_LENGTH} characters")
         self.tokens = _tokens(text)
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.tokens[self.at][0].lower() if self.at < len(self.tokens) else None
@@ -117,16 +125,19 @@ class _Parser:
         word = self.peek()
         if word is None:
             raise AudienceError("the expression ends where a term was expected")
-        if word == "not":
-            self.take()
-            return Not(self.unary())
-        if word == "(":
+        if word in ("not", "("):
             _, column = self.take()
-            node = self.or_expr()
-            if self.peek() != ")":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise AudienceError(f"the expression nests deeper than {MAX_DEPTH} levels of parentheses "
+                                    f"and `not` at column {column}")
+            node = Not(self.unary()) if word == "not" else self.or_expr()
+            if word == "(" and self.peek() != ")":
                 raise AudienceError(f"the parenthesis opened at column {column} is not closed "
                                     f"(found {self.where()})")
-            self.take()
+            if word == "(":
+                self.take()
+            self.depth -= 1
             return node
         if word in ("and", "or", ")"):
             token, column = self.tokens[self.at]
@@ -144,6 +155,22 @@ class _Parser:
 def parse(text: str) -> Node:
     """The expression as a tree; AudienceError says what is wrong and where."""
     return _Parser(text).parse()
+
+
+def confined(node: Node, tree: GridTree, scope: str) -> bool:
+    """Whether the expression itself keeps everyone it matches inside grid `scope`'s subtree.
+
+    Decided from the expression alone, never by counting residents, so a refusal tells an
+    operator nothing about who lives outside their jurisdiction: a `grid:` term inside the scope
+    confines, an `and` is confined by any confined operand, an `or` only by all of them.
+    """
+    if isinstance(node, Term):
+        return node.key == "grid" and node.value in tree.parents and tree.within(node.value, scope)
+    if isinstance(node, And):
+        return any(confined(operand, tree, scope) for operand in node.operands)
+    if isinstance(node, Or):
+        return all(confined(operand, tree, scope) for operand in node.operands)
+    return False  # `not` anything reaches the rest of the city
 
 
 def terms(node: Node) -> Iterable[Term]:
@@ -201,8 +228,10 @@ def reached_on(channel: str) -> ColumnElement[bool]:
 def known_tags(session: Session) -> list[str]:
     """Every tag some resident has (for error messages only: it reads each distinct tag set)."""
     found: set[str] = set()
-    for tags in session.scalars(select(ResidentRow.tags).group_by(cast(ResidentRow.tags, Text))):
-        found.update(tags)
+    # Grouped as text: PostgreSQL's json type has no equality, and it must select what it groups by.
+    as_text = cast(ResidentRow.tags, Text)
+    for tags in session.scalars(select(as_text).group_by(as_text)):
+        found.update(json.loads(tags))
     return sorted(found)
 
 

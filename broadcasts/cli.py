@@ -20,8 +20,10 @@ from dataclasses import asdict
 from typing import Any
 
 from gateway.config import Settings
+from gateway.strict import BadValue, argument, moment, row_id
 
 WATCH_INTERVAL = 1.0
+ID = argument(lambda raw: row_id(raw, "a broadcast id"))
 BAR_WIDTH = 30
 
 
@@ -30,7 +32,7 @@ def _texts(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         language, sep, text = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--text takes LANGUAGE=TEXT, e.g. zh=..., not {pair!r}")
+            raise BadValue("--text", f"takes LANGUAGE=TEXT, e.g. zh=..., not {pair!r}")
         texts[language.strip()] = text
     return texts
 
@@ -55,9 +57,9 @@ def _act(settings: Settings, args: argparse.Namespace) -> int:
 
     from broadcasts import service
     from broadcasts.models import BroadcastRow
-    from broadcasts.schedule import parse_when
     from gateway.store import utcnow
 
+    at = moment(args.at, "--at", settings.timezone) if getattr(args, "at", None) else None  # before the store
     sessions, tree = _store(settings)
     now = utcnow()
     try:
@@ -71,7 +73,7 @@ def _act(settings: Settings, args: argparse.Namespace) -> int:
                 return 0
             if args.action == "preview" and args.id is None:
                 if not args.audience or not args.text:
-                    raise SystemExit("preview needs a broadcast id, or --audience and --text")
+                    raise BadValue("preview", "needs a broadcast id, or --audience and --text")
                 _print(asdict(service.preview(session, settings, tree, args.audience, _texts(args.text),
                                               None, args.emergency)))
                 return 0
@@ -83,7 +85,6 @@ def _act(settings: Settings, args: argparse.Namespace) -> int:
             if args.action == "preview":
                 _print(asdict(service.preview_of(session, settings, tree, broadcast)))
             elif args.action == "send":
-                at = parse_when(args.at, settings.timezone) if args.at else None
                 service.send(session, settings, tree, broadcast, at, now)
             elif args.action in ("pause", "resume", "cancel"):
                 getattr(service, args.action)(session, broadcast, now)
@@ -144,20 +145,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--emergency", action="store_true", help="also to opted-out residents, and in quiet hours")
 
     p = actions.add_parser("preview", help="audience size, sample, channels, SMS segments and cost")
-    p.add_argument("id", type=int, nargs="?")
+    p.add_argument("id", type=ID, nargs="?")
     p.add_argument("--audience")
     p.add_argument("--text", action="append", metavar="LANG=TEXT")
     p.add_argument("--emergency", action="store_true")
 
     p = actions.add_parser("send", help="send now, or --at a local time; quiet hours may defer it")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=ID)
     p.add_argument("--at", help="ISO time, local unless it has an offset: 2026-07-01T09:00")
     p.add_argument("--watch", action="store_true", help="show live progress")
 
     p = actions.add_parser("status", help="counts, rate and ETA; all recent broadcasts without an id")
-    p.add_argument("id", type=int, nargs="?")
+    p.add_argument("id", type=ID, nargs="?")
     p.add_argument("--watch", action="store_true", help="live progress bar until it finishes")
 
     for action in ("pause", "resume", "cancel"):
-        actions.add_parser(action, help=f"{action} a broadcast").add_argument("id", type=int)
+        actions.add_parser(action, help=f"{action} a broadcast").add_argument("id", type=ID)
     main.set_defaults(run=_act)

@@ -47,10 +47,3 @@ def release_time(now: datetime, quiet: QuietHours | None, timezone: str) -> date
                                                   second=0, microsecond=0)
     return end.astimezone(UTC).replace(tzinfo=None)
 
-
-def parse_when(text: str, timezone: str) -> datetime:
-    """An ISO 8601 time as naive UTC; one without an offset is local time in `timezone`."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(timezone))
-    return moment.astimezone(UTC).replace(tzinfo=None)

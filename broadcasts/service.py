@@ -4,8 +4,9 @@ Everything here is a change to the store; the sweep (`broadcasts.fanout.sweep`) 
 broadcast that is due and starts its fan-out, so a send ordered while Redis or the workers are
 down still happens. Functions take `now` (naive UTC) so tests control the clock.
 
-Jurisdiction: an operator's broadcasts are confined to their grid's subtree (the audience must not
-match anyone outside it, or it is refused with 403). Department staff have no grid: the triage
+Jurisdiction: an operator's broadcasts are confined to their grid's subtree: the expression itself
+must keep its audience inside it (a `grid:` term there), or it is refused with 403, never with a
+count of who lies outside (`audience.confined`). Department staff have no grid: the triage
 department's staff (the grid centre) may address the whole city, other departments may not send.
 The CLI acts for the district as a whole.
 """
@@ -22,12 +23,13 @@ from sqlalchemy.orm import Session
 
 from adapters.twilio_sms import segments
 from broadcasts import audience, templates
-from broadcasts.models import UNFINISHED, BroadcastRow, DeliveryRow
+from broadcasts.models import BroadcastRow
 from broadcasts.schedule import QuietHours, release_time
 from gateway.config import Settings
+from gateway.delivery.outbox import UNFINISHED
 from gateway.domain.city import Worker
 from gateway.logs import mask
-from gateway.store import ContactRow, ResidentRow
+from gateway.store import ContactRow, DeliveryRow, ResidentRow
 from gateway.world import RESIDENT_BOT
 
 SAMPLE_SIZE = 5
@@ -179,12 +181,11 @@ def create(session: Session, settings: Settings, tree: audience.GridTree, operat
         templates.check(texts)
     except templates.TemplateError as error:
         raise BroadcastError(400, str(error)) from error
-    where = recipients_where(session, tree, expression, None, emergency=True)
-    if scope is not None:
-        outside = count_residents(session, and_(where, not_(audience.in_grid(tree, scope))))
-        if outside:
-            raise BroadcastError(403, f"the audience includes {outside} resident(s) outside your jurisdiction "
-                                      f"({scope}); add `and grid:{scope}` or narrow it")
+    recipients_where(session, tree, expression, None, emergency=True)  # refuses a bad expression
+    if scope is not None and not audience.confined(audience.parse(expression), tree, scope):
+        # Decided from the expression, not by counting: a count would tell who lives outside.
+        raise BroadcastError(403, f"the audience may reach residents outside your jurisdiction ({scope}); "
+                                  f"add `and grid:{scope}` or narrow it")
     broadcast = BroadcastRow(title=title or expression, audience=expression, templates=texts,
                              emergency=emergency, state="created", scope=scope,
                              created_by=operator.id if operator else None, created_at=now, updated_at=now)

@@ -35,9 +35,13 @@ def check(templates: dict[str, str]) -> None:
         if not text.strip():
             raise TemplateError(f"the {language} text is empty")
         try:
-            names = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+            parts = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(text)
+                     if field is not None]
         except ValueError as bad:
             raise TemplateError(f"the {language} text is not a valid template: {bad}") from bad
+        if any(spec or conversion for _, spec, conversion in parts):  # {name:>99999999} would fill memory
+            raise TemplateError(f"the {language} text formats a field: write {{name}}, not {{name:...}} or {{name!r}}")
+        names = [field for field, _, _ in parts]
         unknown = sorted(set(names) - set(FIELDS))
         if unknown:
             raise TemplateError(f"the {language} text uses unknown field(s) {', '.join(unknown)}; "

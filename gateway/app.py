@@ -7,34 +7,41 @@ happen in rq workers, so a provider is answered in milliseconds however busy the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from dataclasses import replace
-from datetime import datetime
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
-from multidict import MultiDict
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from adapters import InboundError, InboundMessage, telegram, twilio_sms
+from adapters import Channel, DeliveryStatus, InboundError, InboundMessage, Request, Route
 from broadcasts import api as broadcast_api
+from gateway import console, metrics
 from gateway.config import Settings
-from gateway.delivery import outbox
+from gateway.delivery import channels
+from gateway.delivery.reports import ReportWriter
 from gateway.domain import cases, operators, report
 from gateway.domain.city import City, Worker
+from gateway.middleware import request_ids, unavailable
 from gateway.roles.intake import Intake, socket_path
 from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory
-from gateway.world import BOTS
+from gateway.strict import BadValue, code, integer, known_only, moment
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CASE_NUMBER = re.compile(r"[0-9]{10}")
+OPENAPI = Path(__file__).with_name("openapi.json")
 SETTINGS = web.AppKey("settings", Settings)
 INTAKE = web.AppKey("intake", Intake)
 CITY = web.AppKey("city", City)
 SESSIONS = web.AppKey("sessions", sessionmaker)
+REPORTS = web.AppKey("reports", ReportWriter)
+CHANNELS = web.AppKey("channels", dict)
+INBOUND_CHANNEL = "inbound_channel"  # a request key: the channel of an inbound-message webhook
 
 
 @web.middleware
@@ -43,7 +50,16 @@ async def refusals(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InboundError as error:
+        if (channel := webhook_channel(request)) is not None:
+            metrics.inbound(channel, "unavailable" if error.status == 503 else f"refused_{error.status}")
         return web.json_response({"error": error.reason}, status=error.status)
+    except BadValue as error:
+        return web.json_response({"error": error.reason}, status=400)
+
+
+def webhook_channel(request: web.Request) -> str | None:
+    """The inbound channel a webhook request is for (None for anything else, delivery reports included)."""
+    return request.get(INBOUND_CHANNEL)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -56,106 +72,90 @@ async def read_body(request: web.Request) -> bytes:
         raise InboundError(413, f"body over {MAX_BODY} bytes") from too_large
 
 
-async def read_form(request: web.Request) -> MultiDict[str]:
-    """The url-encoded body, decoded strictly: a bad byte is the sender's error, not ours."""
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise InboundError(415, "expected application/x-www-form-urlencoded")
-    body = await read_body(request)
-    return twilio_sms.parse_form(body)
-
-
-async def twilio_verified_form(request: web.Request) -> MultiDict[str]:
-    settings = request.app[SETTINGS]
-    form = await read_form(request)
-    url = settings.base_url + request.path_qs
-    _, auth_token = settings.twilio_credentials
-    if not twilio_sms.verify(url, form, request.headers.get("X-Twilio-Signature"), auth_token):
-        raise InboundError(403, "X-Twilio-Signature missing or invalid")
-    return form
-
-
 async def store(request: web.Request, message: InboundMessage) -> None:
     """Persist before acknowledging; if the store is down the provider hears 503 and retries."""
     try:
-        await request.app[INTAKE].store(message)
+        is_new = await request.app[INTAKE].store(message)
     except Exception as error:
-        raise InboundError(503, "store unavailable, retry later") from error
+        raise unavailable(request, error) from error
+    metrics.inbound(message.channel, "stored" if is_new else "duplicate")
 
 
-async def twilio_inbound_sms(request: web.Request) -> web.Response:
-    await store(request, twilio_sms.parse_inbound(await twilio_verified_form(request)))
-    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+def webhook(channel: Channel, route: Route) -> Handler:
+    """The one webhook handler, for every route of every channel: read the body (64 KiB at most),
+    verify the call, parse it, and store it (messages through the intake process, delivery reports
+    on the store thread) before answering what the provider expects."""
+    async def handle(request: web.Request) -> web.Response:
+        if route.kind == "inbound":
+            request[INBOUND_CHANNEL] = channel.name  # for the refusal's metric
+        body = await read_body(request)
+        call = Request(request.app[SETTINGS].base_url + request.path_qs, request.path, request.headers,
+                       request.query, body)
+        channel.verify(call)
+        if route.kind == "inbound":
+            await store_all(request, channel.parse_inbound(call))
+        else:
+            await apply_statuses(request, channel.parse_status(call))
+        answer = channel.answer(route)
+        return web.Response(text=answer.body, content_type=answer.content_type, status=answer.status)
+
+    return handle
 
 
-async def telegram_update(request: web.Request) -> web.Response:
-    """Either bot's webhook: secret checked first, stored before the 200, retries deduplicated."""
-    settings = request.app[SETTINGS]
-    channel = BOTS.get(request.match_info["bot"])
-    if channel is None:
-        raise InboundError(404, "no such bot")
-    if not telegram.verify(request.headers.get("X-Telegram-Bot-Api-Secret-Token"),
-                           settings.telegram_webhook_secret):
-        raise InboundError(403, "X-Telegram-Bot-Api-Secret-Token missing or invalid")
-    body = await read_body(request)
+async def store_all(request: web.Request, messages: list[InboundMessage]) -> None:
+    """All of a call's messages, handed to the intake in the same turn (one frame); the usual one
+    without a task per message, on the path of every webhook."""
+    if len(messages) == 1:
+        await store(request, messages[0])
+    elif messages:
+        await asyncio.gather(*(store(request, message) for message in messages))
+
+
+async def apply_statuses(request: web.Request, reports: list[DeliveryStatus]) -> None:
+    """Each report moves its delivery forward only, once stored (group-committed with others)."""
+    writer = request.app[REPORTS]
     try:
-        update = json.loads(body)
-    except ValueError as bad:  # JSONDecodeError and UnicodeDecodeError both
-        raise InboundError(400, f"body is not JSON: {bad}") from bad
-    message = telegram.parse_inbound(update)
-    if message is not None:  # updates we do not handle are acknowledged and dropped
-        await store(request, replace(message, channel=channel))
-    return web.json_response({"ok": True})
-
-
-async def twilio_status(request: web.Request) -> web.Response:
-    report = twilio_sms.parse_status(await twilio_verified_form(request))
-    outbox_id = request.query.get("outbox")
-    if outbox_id is not None and not outbox_id.isdigit():
-        raise InboundError(400, "outbox must be a row id")
-    try:
-        found = await request.app[INTAKE].run(
-            lambda session: outbox.apply_status(session, int(outbox_id) if outbox_id else None,
-                                                report.provider_id, report.status, report.error_code))
+        if len(reports) == 1:
+            await writer.store(reports[0])
+        else:
+            await asyncio.gather(*(writer.store(report) for report in reports))
     except Exception as error:
-        raise InboundError(503, "store unavailable, retry later") from error
-    if not found:
-        log.warning("delivery report for unknown message %s", report.provider_id)
-    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+        raise unavailable(request, error) from error
 
 
 # --- operator API ---------------------------------------------------------------------------
 
 
 async def current_operator(request: web.Request) -> Worker:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+    """The operator behind a live Bearer token, re-read from the roster on every request."""
+    token = operators.bearer_token(request.headers.get("Authorization"))
+    if token is None:
         raise InboundError(401, "operator token required: Authorization: Bearer <token>")
     sessions = request.app[SESSIONS]
-    city = request.app[CITY]
 
     def lookup() -> Worker | None:
         with sessions() as session:
-            return operators.authenticate(session, city, header.removeprefix("Bearer ").strip())
+            return operators.authenticate(session, token)
 
     worker = await asyncio.to_thread(lookup)
     if worker is None:
-        raise InboundError(401, "unknown operator token")
+        raise InboundError(401, "unknown, expired or revoked operator token, or no longer an operator")
     return worker
 
 
 async def api_cases(request: web.Request) -> web.Response:
     worker = await current_operator(request)
-    city, sessions = request.app[CITY], request.app[SESSIONS]
-    try:
-        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
-    except ValueError as bad:
-        raise InboundError(400, "limit must be a number") from bad
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
+    known_only(request.query, ("limit", "state", "grid", "category"))
+    limit = integer(request.query.get("limit", "100"), "limit", 1, 1000)
+    state, grid, category = (code(request.query[name], name) if name in request.query else None
+                             for name in ("state", "grid", "category"))
 
     def query() -> list[dict]:
         with sessions() as session:
-            found = cases.find_cases(session, city, state=request.query.get("state"),
-                                     grid=request.query.get("grid"), category=request.query.get("category"),
-                                     visible=operators.jurisdiction(city, worker), limit=limit)
+            found = cases.find_cases(session, city, state=state, grid=grid, category=category,
+                                     visible=operators.jurisdiction(city, worker, settings.triage_department),
+                                     limit=limit)
             return [cases.case_view(session, case) for case in found]
 
     return web.json_response({"cases": await asyncio.to_thread(query)})
@@ -163,13 +163,16 @@ async def api_cases(request: web.Request) -> web.Response:
 
 async def api_case(request: web.Request) -> web.Response:
     worker = await current_operator(request)
-    city, sessions = request.app[CITY], request.app[SESSIONS]
+    city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
     number = request.match_info["number"]
+    known_only(request.query, ())
+    if not CASE_NUMBER.fullmatch(number):  # never a case number, so never a case: no query needed
+        raise InboundError(404, "no such case: a case number is 10 digits")
 
     def query() -> dict | None:
         with sessions() as session:
-            case = session.scalar(select(CaseRow).where(CaseRow.number == number,
-                                                              operators.jurisdiction(city, worker)))
+            visible = operators.jurisdiction(city, worker, settings.triage_department)
+            case = session.scalar(select(CaseRow).where(CaseRow.number == number, visible))
             return cases.case_view(session, case, with_history=True) if case else None
 
     view = await asyncio.to_thread(query)
@@ -182,19 +185,16 @@ async def api_report(request: web.Request) -> web.Response:
     """`gridline report` for leaders: the same figures, only over cases in their jurisdiction."""
     worker = await current_operator(request)
     city, sessions, settings = request.app[CITY], request.app[SESSIONS], request.app[SETTINGS]
+    known_only(request.query, ("level", "since"))
     level = request.query.get("level", "street")
     if level not in report.LEVELS:
         raise InboundError(400, f"level must be one of {', '.join(report.LEVELS)}")
-    try:
-        since = report.since_utc(datetime.fromisoformat(request.query["since"]), settings.timezone) \
-            if "since" in request.query else None
-    except ValueError as bad:
-        raise InboundError(400, "since must be an ISO date or time") from bad
+    since = moment(request.query["since"], "since", settings.timezone) if "since" in request.query else None
 
     def query() -> str:
         with sessions() as session:
             rows = report.unit_figures(session, city, level=level, since=since,
-                                       visible=operators.jurisdiction(city, worker))
+                                       visible=operators.jurisdiction(city, worker, settings.triage_department))
             return report.as_json(rows)
 
     return web.Response(text=await asyncio.to_thread(query), content_type="application/json")
@@ -204,6 +204,11 @@ async def health(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def openapi(_request: web.Request) -> web.FileResponse:
+    """The OpenAPI 3 description of the API and the webhooks (gateway/openapi.json)."""
+    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/json"})
+
+
 def create_app(settings: Settings) -> web.Application:
     engine = make_engine(settings.sqlalchemy_url)
     sessions = session_factory(engine)
@@ -211,16 +216,19 @@ def create_app(settings: Settings) -> web.Application:
         city = load_city_from_store(session)
     intake = Intake(socket_path(settings), engine)
 
-    app = web.Application(middlewares=[refusals], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_ids, refusals], client_max_size=MAX_BODY)
     app[SETTINGS], app[INTAKE], app[CITY], app[SESSIONS] = settings, intake, city, sessions
-    app.router.add_post("/webhooks/twilio/sms", twilio_inbound_sms)
-    app.router.add_post("/webhooks/twilio/status", twilio_status)
-    app.router.add_post("/webhooks/telegram/{bot}", telegram_update)
+    app[REPORTS], app[CHANNELS] = ReportWriter(intake.run), channels.build_channels(settings)
+    for channel in app[CHANNELS].values():
+        for route in channel.routes():
+            app.router.add_post(route.path, webhook(channel, route))
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases/{number}", api_case)
     app.router.add_get("/api/report", api_report)
     app.router.add_get("/healthz", health)
-    broadcast_api.add_routes(app)
+    app.router.add_get("/api/openapi.json", openapi)
+    broadcast_api.add_routes(app, settings, sessions, city, current_operator)
+    console.setup(app, settings, city, sessions, current_operator)
 
     async def close_intake(_app: web.Application) -> None:
         await intake.close()

@@ -11,19 +11,35 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
+from adapters.phones import NotAPhoneNumber, to_e164
 from broadcasts.cli import register as register_broadcast
 from gateway.config import Settings, load_settings
 from gateway.domain.city import CityImportError, load_city
 from gateway.logs import setup_logging
+from gateway.strict import BadValue, argument, integer, moment
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+# A person's mistake, not a bug: `main` prints the reason on one line and exits 2.
+USER_ERRORS = (BadValue, NotAPhoneNumber)
 
 
-def command_up(settings: Settings, _args: argparse.Namespace) -> int:
+class Unreachable(Exception):
+    """A part of the running Gridline the command needs is not there (gridline up not running?)."""
+
+
+def command_up(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.roles import supervisor
 
-    supervisor.run(settings)
+    try:
+        supervisor.run(settings, supervisor.parse_roles(args.role))
+    except supervisor.StartRefused as refused:
+        print(refused, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -31,7 +47,7 @@ def command_import(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.store import import_city, make_engine, migrate, session_factory
 
     try:
-        city = load_city(args.folder)
+        city = load_city(args.folder, settings.default_region)
     except CityImportError as error:
         print(error, file=sys.stderr)
         print("Nothing was imported.", file=sys.stderr)
@@ -48,17 +64,24 @@ def command_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def command_sms(settings: Settings, args: argparse.Namespace) -> int:
     """Post a correctly signed Twilio webhook, then print what the gateway texts back."""
+    from twilio.base.exceptions import TwilioException
+
     from adapters import twilio_sms
 
+    sender = to_e164(args.sender, settings.default_region)
     account_sid, auth_token = settings.twilio_credentials
     client = twilio_sms.make_client(settings)
-    already = {m.sid for m in client.messages.list(to=args.sender, limit=1000)}
+    try:
+        already = {m.sid for m in client.messages.list(to=sender, limit=1000)}
+    except (OSError, TwilioException) as error:  # requests' ConnectionError is an OSError
+        raise Unreachable(f"no Twilio API at {settings.twilio_base} ({type(error).__name__}): "
+                          "is `gridline up` running?") from error
     message_sid = "SM" + secrets.token_hex(16)
     form = {
         "ToCountry": "CN", "ToState": "", "SmsMessageSid": message_sid, "NumMedia": "0", "ToCity": "",
         "FromZip": "", "SmsSid": message_sid, "FromState": "", "SmsStatus": "received", "FromCity": "",
         "Body": args.text, "FromCountry": "CN", "To": settings.twilio_from_number, "ToZip": "",
-        "NumSegments": "1", "MessageSid": message_sid, "AccountSid": account_sid, "From": args.sender,
+        "NumSegments": "1", "MessageSid": message_sid, "AccountSid": account_sid, "From": sender,
         "ApiVersion": "2010-04-01",
     }
     path = "/webhooks/twilio/sms"
@@ -72,13 +95,12 @@ def command_sms(settings: Settings, args: argparse.Namespace) -> int:
     except urllib.error.HTTPError as error:
         print(f"→ gateway refused it: {error.code} {error.read().decode()}", file=sys.stderr)
         return 1
-    except urllib.error.URLError as error:
-        print(f"→ no gateway at {settings.host}:{settings.port}: {error.reason}. Is `gridline up` running?",
-              file=sys.stderr)
-        return 1
+    except (urllib.error.URLError, OSError) as error:  # refused, reset, or no answer in time
+        raise Unreachable(f"no gateway at {settings.host}:{settings.port} ({getattr(error, 'reason', error)}): "
+                          "is `gridline up` running?") from error
     deadline, quiet_until = time.monotonic() + args.wait, None
     while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
-        for message in reversed(client.messages.list(to=args.sender, limit=1000)):
+        for message in reversed(client.messages.list(to=sender, limit=1000)):
             if message.sid not in already:
                 already.add(message.sid)
                 print(f"← {message.body}")
@@ -122,35 +144,71 @@ def command_operator_token(settings: Settings, args: argparse.Namespace) -> int:
     with session_factory(make_engine(settings.sqlalchemy_url))() as session, session.begin():
         city = load_city_from_store(session)
         try:
-            token = operators.issue_token(session, city, args.worker_id)
+            if args.action == "revoke":
+                ended = operators.revoke(session, args.worker_id)
+                print(f"operator {args.worker_id}: {ended} token(s) and console session(s) ended")
+                return 0
+            token = operators.issue_token(session, city, args.worker_id, days=settings.operator_token_days)
         except KeyError as error:
             print(error.args[0], file=sys.stderr)
             return 1
     worker = city.workers[args.worker_id]
     print(token)
     print(f"(operator {worker.id} {worker.name}, {worker.role}, "
-          f"{worker.grid_code or worker.department_code})", file=sys.stderr)
+          f"{worker.grid_code or worker.department_code}; expires in {settings.operator_token_days:g} days)",
+          file=sys.stderr)
     return 0
 
 
 def command_tick(settings: Settings, args: argparse.Namespace) -> int:
     """Run the deadline clock once, as of now or of --now: the controllable clock tests use."""
-    from gateway.queues import CLOCK_QUEUE, connect, private_redis_url, queues
+    from gateway.queues import CLOCK_QUEUE, queues
     from gateway.roles import jobs
 
-    at = datetime.fromisoformat(args.now).astimezone(UTC).replace(tzinfo=None) if args.now else None
-    jobs.enqueue_tick(queues(connect(settings.redis_url or private_redis_url(settings.home)))[CLOCK_QUEUE], at)
+    at = moment(args.now, "--now", settings.timezone) if args.now else None
+    jobs.enqueue_tick(queues(_redis(settings))[CLOCK_QUEUE], at)
     print(f"deadline check queued as of {at.isoformat() + 'Z' if at else 'now'}")
+    return 0
+
+
+def _redis(settings: Settings) -> Redis:
+    """The running Gridline's Redis; Unreachable when it is not there."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from gateway.queues import connect, private_redis_url
+
+    try:
+        connection = connect(settings.redis_url or private_redis_url(settings.home))
+        connection.ping()
+    except RedisDown as error:
+        raise Unreachable("Redis is not reachable: is `gridline up` running?") from error
+    return connection
+def command_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    """What `gridline up` does first, for hosts whose roles systemd runs (deploy/systemd)."""
+    from gateway.roles.supervisor import prepare_store
+
+    prepare_store(settings)
+    print("the store is at the newest schema")
+    return 0
+
+
+def command_backup(settings: Settings, args: argparse.Namespace) -> int:
+    """A consistent copy of the store while Gridline runs (gateway/store/backup.py)."""
+    from gateway.store.backup import backup
+
+    if args.destination.exists():
+        print(f"{args.destination} exists: choose a new file", file=sys.stderr)
+        return 1
+    print(backup(settings.sqlalchemy_url, args.destination))
     return 0
 
 
 def command_case(settings: Settings, args: argparse.Namespace) -> int:
     """Operator actions on one case: assign (and settle a triaged one), reject with a reason, merge."""
     from classifiers import build_classifier
+    from gateway.delivery import outbox
     from gateway.domain import workflow
-    from gateway.domain.cases import IllegalTransition, transition
-    from gateway.queues import OUTBOUND_QUEUE, connect, private_redis_url, queues
-    from gateway.roles import jobs
+    from gateway.domain.cases import IllegalTransition
     from gateway.store import CaseRow, load_city_from_store, make_engine, session_factory, utcnow
     from gateway.world import World
 
@@ -166,8 +224,6 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
         unknown = [f"no {what} {code!r}" for what, code, known in (
             ("worker", args.to, city.workers), ("category", args.category, city.categories),
             ("grid", args.grid, {c: g for c, g in city.grids.items() if g.level == 3})) if code and code not in known]
-        if args.action == "reject" and not args.reason.strip():
-            unknown.append("a rejection needs --reason: the resident is told why")
         if args.action == "merge" and not args.into:
             unknown.append("a merge needs --into: the case it duplicates")
         if unknown:
@@ -178,20 +234,16 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
                 queued = workflow.settle(session, world, case, actor, now, category=args.category, grid=args.grid,
                                          worker=city.workers.get(args.to or ""))
             elif args.action == "reject":
-                transition(session, case, "rejected", actor, args.reason, now)
-                queued = workflow.tell_resident(session, case, "rejected", reason=args.reason)
+                queued = workflow.reject(session, case, actor, args.reason, now)
             else:
-                transition(session, case, "merged", actor, f"into {args.into}", now)
-                case.merged_into = args.into
-                queued = workflow.tell_resident(session, case, "merged", into=args.into)
+                queued = workflow.merge(session, case, args.into, actor, now)
         except IllegalTransition as refused:
             print(refused, file=sys.stderr)
             return 1
         session.flush()
-        outbox_ids = [row.id for row in queued]
-    queue = queues(connect(settings.redis_url or private_redis_url(settings.home)))[OUTBOUND_QUEUE]
-    jobs.enqueue_delivery(queue, outbox_ids)
-    print(f"case {args.number}: {args.action} done; {len(outbox_ids)} message(s) queued")
+        outgoing = outbox.queued(queued)
+    outbox.enqueue(_redis(settings), outgoing)
+    print(f"case {args.number}: {args.action} done; {len(outgoing)} message(s) queued")
     return 0
 
 
@@ -295,28 +347,40 @@ def command_report(settings: Settings, args: argparse.Namespace) -> int:
         except KeyError as error:
             print(error.args[0], file=sys.stderr)
             return 1
-        since = report.since_utc(args.since, settings.timezone) if args.since else None
+        since = moment(args.since, "--since", settings.timezone) if args.since else None
         rows = report.unit_figures(session, city, level=args.level, since=since, visible=visible)
     print(report.RENDERERS[args.format](rows))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="gridline", description="SMS and chat gateway for grid management")
+    main = Parser(prog="gridline", description="SMS and chat gateway for grid management")
     main.add_argument("--config", type=Path, help="configuration folder (default: config/)")
     commands = main.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("up", help="run the gateway, workers and (if needed) Redis and the sandbox") \
-        .set_defaults(run=command_up)
+    p = commands.add_parser("up", help="run the gateway, workers and (if needed) Redis and the sandbox")
+    p.add_argument("--role", default="all", help="all (default), or a comma-separated subset of "
+                   "web,intake,worker,sweeper to run on this host against shared GRIDLINE_DATABASE_URL "
+                   "and GRIDLINE_REDIS_URL")
+    p.set_defaults(run=command_up)
 
     p = commands.add_parser("import", help="import a city's CSV exports into the store")
     p.add_argument("folder", type=Path)
     p.set_defaults(run=command_import)
 
+    commands.add_parser("migrate", help="migrate the store (and import the city on first start), then exit") \
+        .set_defaults(run=command_migrate)
+
+    p = commands.add_parser("backup", help="copy the store while it runs (SQLite online backup, or pg_dump)")
+    p.add_argument("destination", type=Path)
+    p.set_defaults(run=command_backup)
+
     p = commands.add_parser("sms", help="text the running gateway as a resident would (signed webhook)")
     p.add_argument("text")
-    p.add_argument("--from", dest="sender", required=True, help="the resident's phone, E.164")
-    p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for replies")
+    p.add_argument("--from", dest="sender", required=True,
+                   help="the resident's phone: E.164, or national in GRIDLINE_DEFAULT_REGION")
+    p.add_argument("--wait", type=argument(lambda raw: integer(raw, "--wait", 0, 600)), default=15,
+                   help="seconds to wait for replies")
     p.set_defaults(run=command_sms)
 
     p = commands.add_parser("cases", help="list cases, or show one with its history")
@@ -324,11 +388,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state")
     p.add_argument("--grid", help="a grid code: its whole subtree")
     p.add_argument("--category")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=argument(lambda raw: integer(raw, "--limit", 1, 100_000)), default=50)
     p.set_defaults(run=command_cases)
 
     p = commands.add_parser("operator", help="operator access")
-    p.add_argument("action", choices=["token"])
+    p.add_argument("action", choices=["token", "revoke"],
+                   help="token: issue an API token; revoke: end all the worker's tokens and console sessions")
     p.add_argument("worker_id")
     p.set_defaults(run=command_operator_token)
 
@@ -370,7 +435,7 @@ def parser() -> argparse.ArgumentParser:
                             description=REPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--level", choices=["street", "community", "grid", "department", "worker"], default="street",
                    help="what a row is (default: street)")
-    p.add_argument("--since", type=datetime.fromisoformat, metavar="DATE",
+    p.add_argument("--since", metavar="DATE",
                    help="YYYY-MM-DD[THH:MM] local time: only cases created since")
     p.add_argument("--within", metavar="GRID_CODE", help="only cases in this grid's subtree")
     p.add_argument("--department", metavar="CODE", help="only this department's cases")
@@ -381,13 +446,29 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr (exit 2), not the usage block and then the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging("WARNING" if args.command in ("classify", "eval", "train", "model", "sms", "cases") else "INFO")
     environ = dict(os.environ)
     if args.config:
         environ["GRIDLINE_CONFIG_DIR"] = str(args.config)
-    return args.run(load_settings(environ), args)
+    try:
+        settings = load_settings(environ)
+    except (ValueError, OSError) as error:  # an unknown setting, GRIDLINE_PORT=abc, an unreadable file
+        print(f"gridline: bad settings: {error}", file=sys.stderr)
+        return 2
+    try:
+        return args.run(settings, args)
+    except (*USER_ERRORS, Unreachable) as error:
+        print(f"gridline {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

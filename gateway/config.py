@@ -12,10 +12,6 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
-SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
-SANDBOX_TELEGRAM_TOKENS = ("1000000001:sandbox-residents-bot", "1000000002:sandbox-workers-bot")
-
 
 @dataclass(frozen=True)
 class RoutingOverride:
@@ -47,6 +43,28 @@ class Settings:
     telegram_webhook_secret: str = "sandbox-webhook-secret"  # echoed in X-Telegram-Bot-Api-Secret-Token
     telegram_sandbox_port: int = 8090
     telegram_polling: bool = False  # local development: poll getUpdates instead of a webhook
+    default_region: str = "CN"  # phone numbers written without a country code are read in this region
+    # The generic HTTP channel (adapters/http_api: its Config documents each; empty: its default).
+    # Enabled when http_secret is set; without http_send_url it talks to its loopback sandbox.
+    http_secret: str = ""
+    http_send_url: str = ""
+    http_send_format: str = ""
+    http_send_body: str = ""
+    http_send_authorization: str = ""
+    http_response_id_field: str = ""
+    http_signature_header: str = ""
+    http_sender_field: str = ""
+    http_text_field: str = ""
+    http_id_field: str = ""
+    http_status_id_field: str = ""
+    http_status_field: str = ""
+    http_status_reference_field: str = ""
+    http_status_error_field: str = ""
+    http_status_map: str = ""
+    http_phone_senders: str = ""
+    http_rate_limit: str = ""
+    http_max_length: str = ""
+    http_sandbox_port: str = ""
     # Deadlines: a reminder this long before the holder's deadline; each escalation step's time.
     reminder_hours: float = 4.0
     escalation_step_hours: float = 24.0
@@ -54,6 +72,7 @@ class Settings:
     workers: int = 2
     web_processes: int = 2  # aiohttp processes sharing the port (SO_REUSEPORT)
     timezone: str = "Asia/Shanghai"  # residents and operators see local times
+    default_region: str = "CN"  # ISO country whose numbers may be written without +country code
     triage_department: str = "GRID_CENTER"
     # Below this category confidence a case goes to the triage desk. Chosen by bench/calibration.py on
     # the held-out appeals (config/classifier/README.md has the table): at 0.65 ~15 % go to triage and
@@ -61,6 +80,10 @@ class Settings:
     classifier_threshold: float = 0.65
     sweep_interval: float = 2.0  # seconds between sweeps for work rq lost
     stale_after: float = 10.0  # seconds before unfinished work counts as lost
+    metrics_host: str = "127.0.0.1"  # the Prometheus endpoint: loopback unless an operator opens it
+    metrics_port: int = 9464  # 0: no metrics role
+    log_format: str = "text"  # "json": one JSON object per line, with the request id
+    sweeper_lease: float = 10.0  # seconds a dead sweeper's lease outlives it before a standby takes over
     # Broadcasts (broadcasts/): signature, quiet hours, provider rate limits and the cost estimate.
     sms_signature: str = ""  # put before every broadcast SMS, e.g. 【某区网格中心】
     quiet_hours: str = "21:00-08:00"  # local time when non-emergency notices wait; "" = none
@@ -73,6 +96,10 @@ class Settings:
     broadcast_batch: int = 500  # deliveries per rq job
     broadcast_concurrency: int = 50  # provider calls in flight per job
     broadcast_claim_timeout: float = 30.0  # seconds in `sending` before a delivery counts as stuck
+    # Operator access: API token lifetime; console sessions end after idling or at the absolute limit.
+    operator_token_days: float = 30.0
+    console_idle_minutes: float = 30.0
+    console_session_hours: float = 12.0
     routing_overrides: tuple[RoutingOverride, ...] = field(default_factory=tuple)
 
     @property
@@ -95,6 +122,8 @@ class Settings:
     @property
     def twilio_credentials(self) -> tuple[str, str]:
         if self.sandbox:
+            from adapters.twilio_sms import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN  # twilio takes ~0.7 s to import
+
             return SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN
         return self.twilio_account_sid, self.twilio_auth_token
 
@@ -106,7 +135,9 @@ class Settings:
     def telegram_tokens(self) -> dict[str, str]:
         """Bot name → token; the sandbox's made-up tokens when none are configured."""
         if self.telegram_sandbox:
-            return {"resident": SANDBOX_TELEGRAM_TOKENS[0], "worker": SANDBOX_TELEGRAM_TOKENS[1]}
+            from adapters.telegram import SANDBOX_TOKENS  # python-telegram-bot takes ~0.7 s to import
+
+            return {"resident": SANDBOX_TOKENS[0], "worker": SANDBOX_TOKENS[1]}
         return {"resident": self.telegram_resident_token, "worker": self.telegram_worker_token}
 
     @property

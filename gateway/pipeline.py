@@ -16,13 +16,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers import Classification
+from gateway.delivery import outbox
+from gateway.delivery.channels import phone_channels
 from gateway.delivery.outbox import queue_message
 from gateway.domain import cases, replies, workflow
 from gateway.domain.city import City
 from gateway.domain.intents import Intent, parse_intent
 from gateway.logs import mask
-from gateway.store import CaseAttachmentRow, CaseRow, ContactRow, InboundRow, OutboxRow, insert_for, utcnow
-from gateway.world import RESIDENT_BOT, SMS, WORKER_BOT, World
+from gateway.store import CaseAttachmentRow, CaseRow, ContactRow, DeliveryRow, InboundRow, insert_for, utcnow
+from gateway.world import RESIDENT_BOT, WORKER_BOT, World
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ class Understanding:
     verdict: Classification | None  # only appeals are classified
 
 
-def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int]) -> list[int]:
-    """Handle each stored, unprocessed inbound message; return the outbox ids to send.
+def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int]) -> list[outbox.Queued]:
+    """Handle each stored, unprocessed inbound message; return the deliveries to hand to their lanes.
 
     Understanding is CPU work and runs before the write transaction, so the store's write lock
     is held only for the inserts. Rows are then claimed with one conditional UPDATE: a job the
@@ -50,7 +52,7 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
         failed: dict[int, str] = {}
         for row in pending:
             try:
-                understood[row.id] = understand(world, row, resident_phone(session, row))
+                understood[row.id] = understand(world, row, resident_phone(session, row, world))
             except Exception as error:  # one unreadable message must not block the batch behind it
                 log.exception("understanding inbound %s from %s failed", row.id, mask(row.sender))
                 failed[row.id] = f"{type(error).__name__}: {error}"
@@ -62,7 +64,7 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
             .values(processed_at=now)
             .returning(InboundRow.id),
             execution_options={"synchronize_session": False}))
-        outbox_ids: list[int] = []
+        outgoing: list[outbox.Queued] = []
         for inbound in pending:
             if inbound.id not in claimed:
                 continue
@@ -71,19 +73,21 @@ def process_inbound(sessions: sessionmaker[Session], world: World, ids: list[int
                 continue
             try:
                 with session.begin_nested():
-                    outgoing = act(session, world, inbound, understood[inbound.id], now)
+                    rows = act(session, world, inbound, understood[inbound.id], now)
                     session.flush()
-                    outbox_ids += [row.id for row in outgoing]
+                    outgoing += outbox.queued(rows)
             except Exception as error:  # likewise for acting on it
                 log.exception("inbound %s from %s failed", inbound.id, mask(inbound.sender))
                 session.execute(update(InboundRow).where(InboundRow.id == inbound.id)
                                 .values(error=f"{type(error).__name__}: {error}"))
         session.commit()
-    return outbox_ids
+    return outgoing
 
 
-def resident_phone(session: Session, inbound: InboundRow) -> str | None:
-    if inbound.channel == SMS:
+def resident_phone(session: Session, inbound: InboundRow, world: World) -> str | None:
+    """The sender's phone: the sender itself on a channel of phone numbers (SMS, an HTTP SMS
+    gateway), the number a chat shared on the residents' bot."""
+    if inbound.channel in phone_channels(world.settings):
         return inbound.sender
     if inbound.channel == RESIDENT_BOT:
         return session.scalar(select(ContactRow.phone).where(ContactRow.channel == RESIDENT_BOT,
@@ -113,7 +117,7 @@ def reply_language(city: City, phone: str | None, intent: Intent, chat_language:
 
 
 def act(session: Session, world: World, inbound: InboundRow, understanding: Understanding,
-        now: datetime) -> list[OutboxRow]:
+        now: datetime) -> list[DeliveryRow]:
     """Route and act on one understood message, and queue the replies."""
     if inbound.channel == WORKER_BOT:
         return act_for_worker(session, world, inbound, now)
@@ -121,11 +125,11 @@ def act(session: Session, world: World, inbound: InboundRow, understanding: Unde
 
 
 def act_for_resident(session: Session, world: World, inbound: InboundRow, understanding: Understanding,
-                     now: datetime) -> list[OutboxRow]:
+                     now: datetime) -> list[DeliveryRow]:
     intent, language = understanding.intent, understanding.language
     reporters = tuple(r for r in (inbound.sender, understanding.phone) if r)
 
-    def reply(body: str, case_id: int | None = None, markup: dict | None = None) -> OutboxRow:
+    def reply(body: str, case_id: int | None = None, markup: dict | None = None) -> DeliveryRow:
         return queue_message(session, inbound.channel, inbound.sender, body, case_id, markup)
 
     if inbound.kind == "command" and inbound.payload.get("command") == "start":
@@ -157,7 +161,10 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
         case = cases.open_case(session, city=world.city, settings=world.settings,
                                channel=inbound.channel, reporter=inbound.sender, text=inbound.text,
                                language=language, verdict=understanding.verdict, now=now)
-        session.execute(update(InboundRow).where(InboundRow.id == inbound.id).values(case_id=case.id))
+        # No session synchronisation: evaluating the UPDATE against every row the job loaded was
+        # half of a worker's time per appeal (bench/drain.py --profile).
+        session.execute(update(InboundRow).where(InboundRow.id == inbound.id).values(case_id=case.id)
+                        .execution_options(synchronize_session=False))
         for picture in photos(inbound):
             session.add(CaseAttachmentRow(case_id=case.id, added_by=inbound.sender, kind="photo",
                                           data=picture, at=now))
@@ -172,7 +179,7 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
     return [reply(replies.render("help", language))]
 
 
-def act_for_worker(session: Session, world: World, inbound: InboundRow, now: datetime) -> list[OutboxRow]:
+def act_for_worker(session: Session, world: World, inbound: InboundRow, now: datetime) -> list[DeliveryRow]:
     """The workers' bot: only chats in the staff roster are served."""
     worker = next((w for w in world.city.workers.values() if str(w.telegram_chat_id) == inbound.sender), None)
     if worker is None:
@@ -188,6 +195,8 @@ def act_for_worker(session: Session, world: World, inbound: InboundRow, now: dat
             "hello", name=worker.name, role=replies.role_name(worker.role, "zh")))]
     if command == "tasks":
         return workflow.open_tasks(session, world, worker)
+    if command == "case" and inbound.payload.get("args", "").strip():
+        return workflow.case_text(session, worker, inbound.payload["args"])
     if command == "log" and inbound.payload.get("args", "").strip():
         return workflow.write_log(session, worker, inbound.payload["args"].strip(), now)
     photo = inbound.payload.get("photo") if inbound.kind == "photo" else None
@@ -217,7 +226,7 @@ def photos(inbound: InboundRow) -> list[dict]:
 
 
 def attach(session: Session, inbound: InboundRow, reporters: tuple[str, ...], language: str,
-           now: datetime) -> list[OutboxRow]:
+           now: datetime) -> list[DeliveryRow]:
     """Photos or a location join the sender's most recent open case."""
     latest = cases.open_cases_of(session, reporters, limit=1)
     if not latest:

@@ -8,6 +8,7 @@ Redis never drops queued work to make room.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -16,10 +17,16 @@ from pathlib import Path
 import redis
 from rq import Queue
 
+log = logging.getLogger(__name__)
+
 INBOUND_QUEUE = "inbound"
-OUTBOUND_QUEUE = "outbound"
 CLOCK_QUEUE = "clock"  # deadline checks: apart, so they never make the other queues look busy
-QUEUE_NAMES = (INBOUND_QUEUE, OUTBOUND_QUEUE, CLOCK_QUEUE)
+BROADCAST_QUEUE = "broadcast"  # fan-out: turning an audience into delivery rows
+# The general workers' queues, in the order they serve them. Sending has queues of its own, one
+# per channel and priority, served by each channel's sender (gateway.delivery.lanes).
+QUEUE_NAMES = (INBOUND_QUEUE, CLOCK_QUEUE, BROADCAST_QUEUE)
+# No results kept; a failed job's arguments (ids only) kept a week rather than rq's default year.
+JOB_OPTIONS = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600}
 
 
 def redis_server_binary() -> str:
@@ -49,9 +56,11 @@ class PrivateRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
-    def start(self, timeout: float = 10.0) -> str:
+    def command(self) -> list[str]:
+        """The same socket and AOF folder every time, so a restarted server reloads the queued jobs
+        (creates the folder)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        args = [
+        return [
             redis_server_binary(),
             "--port", "0",
             "--unixsocket", str(self.socket),
@@ -64,10 +73,16 @@ class PrivateRedis:
             "--daemonize", "no",
             "--logfile", str(self.folder / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, start_new_session=True)
+        return self.wait_ready(self.process, timeout)
+
+    def wait_ready(self, process: subprocess.Popen, timeout: float = 10.0) -> str:
+        """The URL once the server started as `process` answers a PING."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise RuntimeError(f"redis-server exited; see {self.folder / 'redis.log'}")
             try:
                 if redis.Redis.from_url(self.url).ping():
@@ -84,6 +99,24 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def wait_for_redis(connection: redis.Redis, what: str, first: float = 0.5, cap: float = 5.0) -> None:
+    """Block until Redis answers: a process (re)started while Redis is down waits here instead of
+    failing, and says so once rather than on every try."""
+    delay, said = first, False
+    while True:
+        try:
+            connection.ping()
+            if said:
+                log.info("%s: Redis answers again", what)
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if not said:
+                log.warning("%s: waiting for Redis (%s)", what, error)
+                said = True
+        time.sleep(delay)
+        delay = min(delay * 2, cap)
 
 
 def connect(url: str) -> redis.Redis:

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real private Redis, a real SQLite store with the sample city, and a whole
-running Gridline (`gridline up` in a subprocess) talking to the loopback Twilio sandbox."""
+"""Shared fixtures: a real private Redis, a real store with the sample city (SQLite, and a throwaway
+PostgreSQL cluster when the server is installed), and a whole running Gridline (`gridline up` in a
+subprocess) talking to the loopback Twilio sandbox."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings, load_settings
+from tests.postgres import Cluster, postgres_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -104,7 +106,7 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
     env.update({
         "GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(CONFIG),
         "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
-        "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()),
+        "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_METRICS_PORT": str(free_port()),
         "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
     })
     env.update(overrides)
@@ -112,9 +114,57 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def postgres() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session. In CI (CI=true) a missing server fails the run."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (Debian's postgresql package): its tests cannot run"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = Cluster(bin_dir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+DIALECTS = ("sqlite", "postgresql")
+
+
+def database_for(dialect: str, request: pytest.FixtureRequest) -> Callable[[Path], str]:
+    """home → the URL of a new, empty database of this dialect (a SQLite file in home)."""
+    if dialect == "sqlite":
+        return lambda home: f"sqlite:///{(home / 'gridline.db').resolve()}"
+    cluster: Cluster = request.getfixturevalue("postgres")
+    return lambda _home: cluster.database()
+
+
+@pytest.fixture(scope="session", params=DIALECTS)
+def new_database(request: pytest.FixtureRequest) -> Callable[[Path], str]:
+    """Store-level tests run once per dialect: this makes each of their databases."""
+    return database_for(request.param, request)
+
+
+# Fixtures that start a whole `gridline up`: their tests are the full tier (`make test`), so the
+# quick tier (`pytest -m "not slow"`) stays about a minute.
+STACK_FIXTURES = {"stack", "bstack", "fstack", "stacks"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", params=DIALECTS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A whole `gridline up`, on each dialect."""
     home = tmp_path_factory.mktemp("gridline-home")
-    env = stack_environment(home)
+    # The shared stack also runs the generic HTTP channel against its sandbox (tests/test_http_flow.py).
+    env = stack_environment(home, GRIDLINE_HTTP_SECRET="test-http-secret", GRIDLINE_HTTP_SANDBOX_PORT=str(free_port()))
+    if request.param == "postgresql":
+        env["GRIDLINE_DATABASE_URL"] = database_for("postgresql", request)(home)
     log_path = home / "gridline.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], env=env, cwd=ROOT,
@@ -128,14 +178,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.wait(60)  # the workers finish their jobs first; slower on a busy machine
 
 
 @pytest.fixture(scope="session")
-def store_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A migrated SQLite store holding the sample city, for tests below the HTTP layer."""
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for tests below the stack (rate limits, lanes' queues)."""
+    from gateway.queues import PrivateRedis
+
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def store_settings(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[Path], str]) -> Settings:
+    """A migrated store holding the sample city, for tests below the HTTP layer (each dialect)."""
     from gateway.roles.supervisor import prepare_store
 
-    settings = replace(load_settings({}), home=tmp_path_factory.mktemp("store"), config_dir=CONFIG)
+    home = tmp_path_factory.mktemp("store")
+    settings = replace(load_settings({}), home=home, config_dir=CONFIG, database_url=new_database(home))
     prepare_store(settings)
     return settings

@@ -1,6 +1,7 @@
-"""Exactly once under faults: 10,000 synthetic recipients while rq workers are killed with -9
-(their whole process groups, scheduler children included) and restarted, and while the provider
-answers 429 / 500 for a while. At the end the sandbox holds exactly one message per recipient."""
+"""Exactly once under faults: 10,000 synthetic recipients while rq workers and the channels'
+senders are killed with -9 (their whole process groups, scheduler children included) and
+restarted, and while the provider answers 429 / 500 for a while. At the end the sandbox holds
+exactly one message per recipient."""
 
 from __future__ import annotations
 
@@ -51,14 +52,15 @@ def fstack(tmp_path_factory) -> Iterator[Stack]:
 
 
 def worker_groups(stack: Stack) -> set[int]:
-    """Process groups of the rq workers under this stack (each worker leads its own session)."""
+    """Process groups of the rq workers and senders under this stack (each leads its own session)."""
     groups = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes()
-            if b"gateway.roles.worker" in command and os.getsid(int(entry.name)) != os.getsid(stack.process.pid):
+            ours = b"gateway.roles.worker" in command or b"gateway.roles.sender" in command
+            if ours and os.getsid(int(entry.name)) != os.getsid(stack.process.pid):
                 parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 if parent == stack.process.pid:
                     groups.add(os.getpgid(int(entry.name)))

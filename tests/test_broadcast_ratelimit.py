@@ -6,11 +6,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 import redis
 
 from gateway.delivery.ratelimit import TokenBucket
-from gateway.queues import PrivateRedis
 from tests.conftest import ROOT
 
 RATE = 40.0
@@ -27,13 +25,6 @@ while time.time() < end:
     time.sleep(min(wait, 0.005))
 print(granted)
 """
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    server = PrivateRedis(tmp_path_factory.mktemp("ratelimit-redis"))
-    yield server.start()
-    server.stop()
 
 
 def test_two_processes_share_one_limit(redis_url):

@@ -26,9 +26,10 @@ DAY = datetime(2026, 7, 1)  # naive UTC, as the store keeps time; Asia/Shanghai 
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    settings = replace(load_settings({}), home=tmp_path_factory.mktemp("broadcast-store"), config_dir=CONFIG,
-                       sms_signature=SIGNATURE)
+def settings(tmp_path_factory, new_database):
+    home = tmp_path_factory.mktemp("broadcast-store")
+    settings = replace(load_settings({}), home=home, config_dir=CONFIG, sms_signature=SIGNATURE,
+                       database_url=new_database(home))
     prepare_store(settings)
     return settings
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway.config import SANDBOX_TELEGRAM_TOKENS
-from gateway.store import CaseRow, ContactRow, OutboxRow
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
+from gateway.store import CaseRow, ContactRow, DeliveryRow
 from tests.conftest import http_json, wait_for
 from tests.test_sms_flow import CASE_NUMBER, CITY, SMS_PATH, db
 from tests.twilio_client import inbound_form, post
@@ -263,10 +263,14 @@ def test_a_resident_who_blocked_the_bot_is_marked_not_retried(stack):
     user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="帮助")
     blocked = select(ContactRow.blocked).where(ContactRow.channel == "telegram-resident",
                                                ContactRow.address == str(chat))
+    def marked() -> bool | None:  # a connection per look: one read transaction would keep its snapshot
+        with db(stack).connect() as connection:
+            return connection.execute(blocked).scalar_one_or_none()
+
+    wait_for(marked, 20, 0.2, what="the chat marked blocked")
     with db(stack).connect() as connection:
-        wait_for(lambda: connection.execute(blocked).scalar_one_or_none(), 20, 0.2, what="the chat marked blocked")
-        row = connection.execute(select(OutboxRow.state, OutboxRow.attempts)
-                                 .where(OutboxRow.recipient == str(chat))).one()
+        row = connection.execute(select(DeliveryRow.state, DeliveryRow.attempts)
+                                 .where(DeliveryRow.recipient == str(chat))).one()
     assert (row.state, row.attempts) == ("failed", 1)
 
 
@@ -296,8 +300,12 @@ def test_a_linked_resident_who_blocked_the_bot_is_reached_by_sms(stack):
     user_does(stack, RESIDENT_TOKEN, chat_id=chat, text="查询")  # now known blocked: straight to SMS
     stack.wait_sent(resident.phone, 2)
     with db(stack).connect() as connection:
-        rows = connection.execute(select(OutboxRow.channel, OutboxRow.state)
-                                  .where(OutboxRow.recipient.in_((str(chat), resident.phone)))
-                                  .order_by(OutboxRow.id)).all()
-    attempts = [(channel, state == "failed") for channel, state in rows][-3:]
-    assert attempts == [("telegram-resident", True), ("sms", False), ("sms", False)]
+        rows = connection.execute(select(DeliveryRow.channel, DeliveryRow.state, DeliveryRow.last_error)
+                                  .where(DeliveryRow.recipient.in_((str(chat), resident.phone)))
+                                  .order_by(DeliveryRow.id)).all()
+    # The reply that met the block went on by SMS (the same row, its Telegram refusal noted); the
+    # next one went by SMS from the start.
+    (first_channel, first_state, refusal), (second_channel, second_state, _) = rows[-2:]
+    assert (first_channel, second_channel) == ("sms", "sms")
+    assert first_state != "failed" and second_state != "failed"
+    assert refusal.startswith("telegram-resident: blocked")

@@ -36,9 +36,15 @@ def message(provider_id: str, text: str = "翠湖花园3号楼门口垃圾三天
                           payload={"note": "保留"})
 
 
-async def with_intake(tmp_path: Path, work, migrated: bool = True) -> tuple[object, list[list[int]]]:
+@pytest.fixture
+def url(tmp_path: Path, new_database) -> str:
+    """An empty database of each dialect: SQLite takes the intake's fast insert, PostgreSQL the Core one."""
+    return new_database(tmp_path)
+
+
+async def with_intake(tmp_path: Path, url: str, work, migrated: bool = True) -> tuple[object, list[list[int]]]:
     """Run `work(intake)` against a live IntakeServer; return its result and the ids it queued."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'intake.db'}")
+    engine = make_engine(url)
     if migrated:
         migrate(engine)
     queued: list[list[int]] = []
@@ -55,55 +61,65 @@ async def with_intake(tmp_path: Path, work, migrated: bool = True) -> tuple[obje
         engine.dispose()
 
 
-def stored_rows(tmp_path: Path) -> list[InboundRow]:
-    with session_factory(make_engine(f"sqlite:///{tmp_path / 'intake.db'}"))() as session:
+def stored_rows(url: str) -> list[InboundRow]:
+    with session_factory(make_engine(url))() as session:
         return list(session.scalars(select(InboundRow).order_by(InboundRow.id)))
 
 
-def test_messages_stored_together_are_each_stored_once(tmp_path):
+def test_messages_stored_together_are_each_stored_once(tmp_path, url):
     async def work(intake: Intake) -> list[bool]:
         messages = [message(f"SM{n:032d}") for n in range(30)] + [message("SM-retried")] * 5
         return await asyncio.gather(*(intake.store(m) for m in messages))
 
-    outcomes, queued = asyncio.run(with_intake(tmp_path, work))
+    outcomes, queued = asyncio.run(with_intake(tmp_path, url, work))
     assert outcomes[:30] == [True] * 30
     assert sorted(outcomes[30:]) == [False] * 4 + [True]  # a retry in the same group is new once
-    rows = stored_rows(tmp_path)
+    rows = stored_rows(url)
     assert len(rows) == 31 and len({row.provider_id for row in rows}) == 31
     assert rows[0].text == "翠湖花园3号楼门口垃圾三天没人清了" and rows[0].payload == {"note": "保留"}
     assert rows[0].media == ["https://api.twilio.com/m/1"]
     assert sorted(i for ids in queued for i in ids) == [row.id for row in rows]  # each queued once
 
 
-def test_a_retry_after_the_first_is_stored_is_not_new(tmp_path):
+def test_a_retry_after_the_first_is_stored_is_not_new(tmp_path, url):
     async def work(intake: Intake) -> tuple[bool, bool]:
         return await intake.store(message("SM-once")), await intake.store(message("SM-once"))
 
-    (first, second), queued = asyncio.run(with_intake(tmp_path, work))
+    (first, second), queued = asyncio.run(with_intake(tmp_path, url, work))
     assert (first, second) == (True, False)
-    assert len(stored_rows(tmp_path)) == 1 and sum(map(len, queued)) == 1
+    assert len(stored_rows(url)) == 1 and sum(map(len, queued)) == 1
 
 
-def test_a_store_that_fails_answers_every_caller_and_recovers(tmp_path):
+def test_a_store_that_fails_answers_every_caller_and_recovers(tmp_path, url):
     async def work(intake: Intake) -> tuple[list[object], bool]:
         failed = await asyncio.gather(*(intake.store(message(f"SM-{n}")) for n in range(3)),
                                       return_exceptions=True)
-        migrate(make_engine(f"sqlite:///{tmp_path / 'intake.db'}"))  # the store is back
+        migrate(make_engine(url))  # the store is back
         return failed, await intake.store(message("SM-later"))
 
-    (failed, later), queued = asyncio.run(with_intake(tmp_path, work, migrated=False))
+    (failed, later), queued = asyncio.run(with_intake(tmp_path, url, work, migrated=False))
     assert [type(error) for error in failed] == [StoreUnavailable] * 3
-    assert later is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-later"]
+    assert later is True and [row.provider_id for row in stored_rows(url)] == ["SM-later"]
 
 
-def test_a_message_that_cannot_be_handed_over_fails_at_once_and_alone(tmp_path):
-    async def work(intake: Intake) -> bool:
-        with pytest.raises(StoreUnavailable, match="surrogate"):  # JSON allows "\ud83d", UTF-8 does not
-            await intake.store(message("SM-bad", text="\ud83d"))
-        return await intake.store(message("SM-good"))
+def test_a_message_that_cannot_be_encoded_is_stored_replaced_and_fails_no_neighbour(tmp_path, url):
+    """JSON allows "\ud800", UTF-8 does not; PostgreSQL cannot store NUL. 20 rounds of one such
+    message among 15 good ones in the same frame: every message is stored, the bad code points as U+FFFD."""
+    async def work(intake: Intake) -> list[bool]:
+        outcomes = []
+        for round_ in range(20):
+            batch = [message(f"SM{round_:02d}-{n:02d}") for n in range(15)]
+            batch.insert(round_ % 15, message(f"TG{round_:02d}", text=f"路灯坏了\ud800{round_}\x00"))
+            outcomes += await asyncio.gather(*(intake.store(m) for m in batch))  # one frame: one loop turn
+        return outcomes
 
-    good, _ = asyncio.run(with_intake(tmp_path, work))
-    assert good is True and [row.provider_id for row in stored_rows(tmp_path)] == ["SM-good"]
+    outcomes, _ = asyncio.run(with_intake(tmp_path, url, work))
+    assert outcomes == [True] * 320
+    rows = stored_rows(url)
+    assert len(rows) == 320
+    assert {row.text for row in rows if row.provider_id.startswith("TG")} == {
+        f"路灯坏了\ufffd{n}\ufffd" for n in range(20)}
+    assert all(row.text == "翠湖花园3号楼门口垃圾三天没人清了" for row in rows if row.provider_id.startswith("SM"))
 
 
 def test_the_sqlite_insert_stores_exactly_what_the_portable_one_stores(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session
 
+from gateway import strict
 from gateway.config import Settings, load_settings
 from gateway.domain import operators, report
 from gateway.domain.city import City
@@ -48,11 +49,12 @@ def case_row(number: str, grid: str | None, department: str, worker: str | None,
 
 
 @pytest.fixture(scope="module")
-def report_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A fresh store of our own holding the sample city and exactly the CASES above."""
+def report_settings(tmp_path_factory: pytest.TempPathFactory, new_database) -> Settings:
+    """A fresh store of our own holding the sample city and exactly the CASES above (each dialect)."""
     from gateway.roles.supervisor import prepare_store
 
-    settings = replace(load_settings({}), home=tmp_path_factory.mktemp("report"), config_dir=CONFIG)
+    home = tmp_path_factory.mktemp("report")
+    settings = replace(load_settings({}), home=home, config_dir=CONFIG, database_url=new_database(home))
     prepare_store(settings)
     engine = make_engine(settings.sqlalchemy_url)
     with session_factory(engine)() as session, session.begin():
@@ -181,9 +183,8 @@ def test_scope_and_jurisdiction_limit_the_cases(store):
 
 
 def test_since_is_local_wall_time_unless_it_has_an_offset():
-    assert report.since_utc(datetime(2024, 6, 5), "Asia/Shanghai") == datetime(2024, 6, 4, 16, 0)
-    assert report.since_utc(datetime.fromisoformat("2024-06-05T00:00+00:00"), "Asia/Shanghai") \
-        == datetime(2024, 6, 5)
+    assert strict.moment("2024-06-05", "since", "Asia/Shanghai") == datetime(2024, 6, 4, 16, 0)
+    assert strict.moment("2024-06-05T00:00+00:00", "since", "Asia/Shanghai") == datetime(2024, 6, 5)
 
 
 def test_json_and_csv_parse_back(store):
@@ -225,7 +226,7 @@ def test_table_is_aligned_with_dashes_where_there_is_no_data(store):
 
 
 def gridline(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    env = stack_environment(settings.home)
+    env = stack_environment(settings.home, GRIDLINE_DATABASE_URL=settings.sqlalchemy_url)
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from gateway.domain.city import load_city
-from gateway.store import CaseRow, InboundRow, OutboxRow, utcnow
+from gateway.store import CaseAttachmentRow, CaseRow, DeliveryRow, InboundRow, utcnow
 from tests.conftest import CONFIG, http_json, wait_for
 from tests.twilio_client import inbound_form, post
 
@@ -191,11 +191,11 @@ def test_help_keyword(stack):
 def test_delivery_reports_move_the_outbox_row_forward(stack):
     phone = "+8617199000010"
     appeal(stack, phone, "小区路灯坏了好几天了")
-    delivered = select(func.count()).select_from(OutboxRow).where(OutboxRow.recipient == phone,
-                                                                  OutboxRow.state == "delivered")
+    delivered = select(func.count()).select_from(DeliveryRow).where(DeliveryRow.recipient == phone,
+                                                                  DeliveryRow.state == "delivered")
     wait_for(lambda: count(stack, delivered) == 1, what="the delivered report")
     with db(stack).connect() as connection:
-        sid = connection.execute(select(OutboxRow.provider_id).where(OutboxRow.recipient == phone)).scalar_one()
+        sid = connection.execute(select(DeliveryRow.provider_id).where(DeliveryRow.recipient == phone)).scalar_one()
     stale = inbound_form(phone, "", stack.settings)
     late = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": "sent", "SmsStatus": "sent",
             "To": phone, "From": stale["To"], "AccountSid": stale["AccountSid"], "ApiVersion": "2010-04-01"}
@@ -214,8 +214,8 @@ def test_provider_errors_are_retried_and_sent_once(stack, fault):
     time.sleep(2)
     assert len(stack.sent_to(phone)) == 1
     with db(stack).connect() as connection:
-        row = connection.execute(select(OutboxRow.attempts, OutboxRow.state)
-                                 .where(OutboxRow.recipient == phone)).one()
+        row = connection.execute(select(DeliveryRow.attempts, DeliveryRow.state)
+                                 .where(DeliveryRow.recipient == phone)).one()
     assert row.attempts >= 2 and row.state in ("sent", "delivered")
 
 
@@ -249,9 +249,10 @@ def test_mms_pictures_are_attached_to_the_case(stack):
     media = {"NumMedia": "1", "MediaUrl0": "https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM1/Media/ME1",
              "MediaContentType0": "image/jpeg"}
     number = appeal(stack, phone, "翠湖花园3号楼门口垃圾堆成山了，见图", **media)
-    with db(stack).connect() as connection:
-        attached = connection.execute(text(
-            "select a.kind, a.data from case_attachments a join cases c on c.id = a.case_id where c.number = :n"),
-            {"n": number}).all()
-    assert [(kind, json.loads(data)["photo"]) for kind, data in attached] == [("photo", media["MediaUrl0"])]
+    with db(stack).connect() as connection:  # through the JSON column's type: PostgreSQL's driver decodes it
+        attached = connection.execute(
+            select(CaseAttachmentRow.kind, CaseAttachmentRow.data)
+            .join(CaseRow, CaseRow.id == CaseAttachmentRow.case_id)
+            .where(CaseRow.number == number)).all()
+    assert [(kind, data["photo"]) for kind, data in attached] == [("photo", media["MediaUrl0"])]
 

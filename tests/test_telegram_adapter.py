@@ -1,20 +1,27 @@
-"""The Telegram adapter against Update objects shaped like the ones Telegram really posts.
+"""The Telegram channel in both directions, in the style of nyaruka/courier's handler tests.
 
-A table in the style of nyaruka/courier's handler tests: each case is a webhook body (decoded JSON)
-and what the gateway makes of it: an InboundMessage, None (answered 200 and ignored), or the 400
-reason InboundError gives.
+In: a table of webhook bodies (decoded JSON) shaped like the Updates Telegram really posts and what
+the gateway makes of them: an InboundMessage, None (answered 200 and ignored), or the 400 reason
+InboundError gives; then whole calls (header, raw body) through the channel as the gateway's one
+webhook handler drives it. Out: an Outgoing goes through `TelegramBot.send` (python-telegram-bot)
+to the loopback Bot API fake, whose record of the sent messages is compared field by field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict, MultiDict
 
-from adapters import InboundError, InboundMessage
-from adapters.telegram import parse_inbound, sender_language, verify
+from adapters import InboundError, InboundMessage, Outgoing, Request
+from adapters.telegram import SANDBOX_TOKENS, TelegramBot, parse_inbound, sender_language, verify
+from adapters.telegram.sandbox import fake_telegram_server
+from tests.conftest import http_json
 
 SECRET = "gl-resident-7Qm2x9Kp_4vT"
 RESIDENT_ID = 5012345678
@@ -233,6 +240,125 @@ def test_sender_language(body: dict[str, Any], language: str | None) -> None:
     ("", "", False),  # no secret configured: nothing verifies
     (SECRET, "", False),
     ("网格", "网格", True),  # non-ASCII compares without error (Telegram only allows A-Z a-z 0-9 _ -)
+    ("\udcff\udcfe", SECRET, False),  # bytes that are not UTF-8, as the HTTP server hands them on
+    ("\ud800", SECRET, False),  # a lone surrogate no decoder makes
 ])
 def test_verify(header: str | None, secret: str, expected: bool) -> None:
     assert verify(header, secret) is expected
+
+
+# --- whole calls through the channel -------------------------------------------------------------
+
+BOT = TelegramBot("telegram-resident", SANDBOX_TOKENS[0], webhook_secret=SECRET, region="CN")
+
+
+def call(body: bytes, secret: str | None = SECRET) -> Request:
+    headers = CIMultiDict({"Content-Type": "application/json"})
+    if secret is not None:
+        headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+    return Request("https://gridline.example.cn/webhooks/telegram/resident", "/webhooks/telegram/resident",
+                   headers, MultiDict(), body)
+
+
+def handle(request: Request) -> tuple[int, object]:
+    """The gateway's webhook handler, without the web framework and the store."""
+    try:
+        BOT.verify(request)
+        return 200, BOT.parse_inbound(request)
+    except InboundError as refused:
+        return refused.status, refused.reason
+
+
+def contact(phone: str) -> bytes:
+    return json.dumps(update(message=message(contact={"phone_number": phone, "first_name": "秀兰",
+                                                      "user_id": RESIDENT_ID}))).encode()
+
+
+def shared(phone: str | None) -> list[InboundMessage]:
+    return [InboundMessage(channel="telegram-resident", provider_id="861204117", sender=str(RESIDENT_ID), text="",
+                           kind="contact", payload={"language": "zh-hans", "phone": phone, "own": True})]
+
+
+NO_SECRET = "X-Telegram-Bot-Api-Secret-Token missing or invalid"
+CALLS = [
+    ("text", call(json.dumps(update(message=message(text=LAMP))).encode()),
+     (200, [InboundMessage(channel="telegram-resident", provider_id="861204117", sender=str(RESIDENT_ID),
+                           text=LAMP, payload={"language": "zh-hans"})])),
+    ("an update we ignore", call(json.dumps(update(edited_message=message(text=LAMP))).encode()), (200, [])),
+    ("no secret", call(b"{}", secret=None), (403, NO_SECRET)),
+    ("wrong secret", call(b"{}", secret="nope"), (403, NO_SECRET)),
+    ("secret with bytes that are not UTF-8", call(b"{}", secret="\udcc3\udc28"), (403, NO_SECRET)),
+    ("not JSON", call(b"update_id=1"), (400, "body is not JSON: Expecting value: line 1 column 1 (char 0)")),
+    ("not UTF-8", call(b'{"update_id": 1, "message": "\xff"}'),
+     (400, "body is not JSON: 'utf-8' codec can't decode byte 0xff in position 29: invalid start byte")),
+    ("nested 30,000 deep", call(b"[" * 30_000 + b"]" * 30_000), (400, "body is not JSON: nested too deep")),
+    ("a lone surrogate in the text", call(json.dumps(update(message=message(text="路灯\ud800坏了"))).encode()),
+     (400, "body holds a lone UTF-16 surrogate, which is not text")),
+    ("an emoji escaped as a surrogate pair", call(json.dumps(update(message=message(text="垃圾😡"))).encode()),
+     (200, [InboundMessage(channel="telegram-resident", provider_id="861204117", sender=str(RESIDENT_ID),
+                           text="垃圾😡", payload={"language": "zh-hans"})])),
+    # Shared contacts: international digits without "+", or a local number read in the city's region.
+    ("own number, international without +", call(contact("8613800138000")), (200, shared("+8613800138000"))),
+    ("a foreign number, international without +", call(contact("79001234567")), (200, shared("+79001234567"))),
+    ("a local mobile number", call(contact("13800138000")), (200, shared("+8613800138000"))),
+    ("a local number with the trunk 0", call(contact("0788531373")), (200, shared("+86788531373"))),
+    ("not a number: linked to nobody, answered", call(contact("abc")), (200, shared(None))),
+]
+
+
+@pytest.mark.parametrize(("request_", "expected"), [c[1:] for c in CALLS], ids=[c[0] for c in CALLS])
+def test_a_call_through_the_channel(request_: Request, expected: tuple[int, object]) -> None:
+    assert handle(request_) == expected
+
+
+def test_each_bot_has_its_own_route() -> None:
+    worker = TelegramBot("telegram-worker", SANDBOX_TOKENS[1], webhook_secret=SECRET)
+    assert [(r.path, r.kind) for r in BOT.routes()] == [("/webhooks/telegram/resident", "inbound")]
+    assert [(r.path, r.kind) for r in worker.routes()] == [("/webhooks/telegram/worker", "inbound")]
+    assert BOT.answer(BOT.routes()[0]).content_type == "application/json"
+
+
+# --- outbound: what the Bot API receives ---------------------------------------------------------------
+
+CHAT = 5012345678
+BUTTONS = {"inline": [[("接单", "accept:2611220001"), ("已解决", "resolve:2611220001")]]}
+KEYBOARD = json.dumps({"inline_keyboard": [[{"callback_data": "accept:2611220001", "text": "接单"},
+                                            {"callback_data": "resolve:2611220001", "text": "已解决"}]]})
+
+
+def send_message(text: str, reply_markup: str | None = None) -> dict[str, Any]:
+    """A sendMessage call as python-telegram-bot posts it: a form, reply_markup as JSON."""
+    params = {"chat_id": str(CHAT), "text": text}
+    if reply_markup is not None:
+        params["reply_markup"] = reply_markup
+    return {"method": "POST", "api_method": "sendMessage", "content_type": "application/x-www-form-urlencoded",
+            "params": params}
+
+
+OUTGOING = [
+    ("text", Outgoing(1, str(CHAT), LAMP), [send_message(LAMP)]),
+    ("inline buttons", Outgoing(2, str(CHAT), "新工单", markup=BUTTONS), [send_message("新工单", KEYBOARD)]),
+    ("share-my-number button", Outgoing(3, str(CHAT), "请分享手机号", markup={"contact": "分享手机号"}),
+     [send_message("请分享手机号", json.dumps({"keyboard": [[{"request_contact": True, "text": "分享手机号"}]],
+                                          "one_time_keyboard": True, "resize_keyboard": True}))]),
+    ("past 4,096 characters: two messages, buttons on the last",
+     Outgoing(4, str(CHAT), "甲" * 4000 + "\n" + "乙" * 200, markup=BUTTONS),
+     [send_message("甲" * 4000 + "\n"), send_message("乙" * 200, KEYBOARD)]),
+]
+
+
+@pytest.mark.parametrize(("message_", "sent"), [c[1:] for c in OUTGOING], ids=[c[0] for c in OUTGOING])
+def test_send_posts_exactly_this_to_the_bot_api(message_: Outgoing, sent: list[dict[str, Any]]) -> None:
+    with fake_telegram_server(*SANDBOX_TOKENS) as fake:
+        bot = TelegramBot("telegram-resident", SANDBOX_TOKENS[0], fake.url)
+
+        async def send() -> str:
+            try:
+                return await bot.send(message_)
+            finally:
+                await bot.close()
+
+        asyncio.run(send())
+        _, recorded = http_json("GET", f"{fake.url}/_sandbox/{SANDBOX_TOKENS[0]}/requests")
+    # The token is the credential, in the path: the fake answers 401 to any other.
+    assert recorded["requests"] == sent

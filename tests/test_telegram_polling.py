@@ -8,9 +8,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
 from adapters.telegram.sandbox import fake_telegram_server
 from adapters.twilio_sms.sandbox import LoopbackServer
-from gateway.config import SANDBOX_TELEGRAM_TOKENS, Settings
+from gateway.config import Settings
 from gateway.roles.telegram_poller import poll
 from tests.conftest import http_json, wait_for
 

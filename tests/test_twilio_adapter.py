@@ -1,31 +1,37 @@
-"""The Twilio SMS adapter against webhook bodies shaped like the ones Twilio really posts.
+"""The Twilio SMS channel in both directions, in the style of nyaruka/courier's handler tests.
 
-Tables in the style of nyaruka/courier's handler tests: each case is a form body, how it is signed,
-and what the gateway should answer. `handle` mirrors the webhook route: signature first (403),
-then parsing (InboundError's status and reason), else 200 with the parsed message.
+In: each case is a form body shaped like the ones Twilio really posts, how it is signed, and what
+the gateway should answer. `handle` is what the gateway's one webhook handler does with a channel:
+`verify` (403), then `parse_inbound` / `parse_status` (InboundError's status and reason), else 200
+with what was parsed. Out: an Outgoing goes through `TwilioSms.send` (twilio's own asyncio client)
+to the loopback sandbox, which records the exact request it received.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
-from multidict import MultiDict
+from multidict import CIMultiDict, MultiDict
 from twilio.request_validator import RequestValidator
 
-from adapters import DeliveryStatus, InboundError, InboundMessage
+from adapters import DELIVERY_STATES, DeliveryStatus, InboundError, InboundMessage, Outgoing, Request, parse_form
 from adapters.twilio_sms import (
+    EMPTY_TWIML,
     STATUS_ORDER,
-    parse_form,
-    parse_inbound,
+    TwilioSms,
     parse_status,
     segments,
     sign,
     status_rank,
     verify,
 )
+from adapters.twilio_sms.sandbox import fake_twilio_server
+from tests.conftest import http_json
 
 AUTH_TOKEN = "3f9c2a7d51e84b6c9a0d2e4f6b8c1d3e"
 ACCOUNT_SID = "AC5d3c1e9f7b2a4c6e8d0f1a3b5c7d9e2f"
@@ -89,13 +95,32 @@ def signed_before(**changes: str) -> Signer:
     return lambda form: signed({**form, **changes})
 
 
-def handle(url: str, form: dict[str, str], signature: str | None) -> tuple[int, InboundMessage | str]:
-    if not verify(url, MultiDict(form), signature, AUTH_TOKEN):
-        return 403, "X-Twilio-Signature missing or invalid"
+def channel(api_base: str = "https://api.twilio.com") -> TwilioSms:
+    return TwilioSms(ACCOUNT_SID, AUTH_TOKEN, GRIDLINE, api_base, "https://gridline.example.cn/webhooks/twilio/status",
+                     region="CN")
+
+
+def request(url: str, form: dict[str, str], signature: str | None,
+            content_type: str = "application/x-www-form-urlencoded") -> Request:
+    """The call as the gateway's webhook handler hands it to the channel."""
+    parts = urlsplit(url)
+    headers = CIMultiDict({"Content-Type": content_type})
+    if signature is not None:
+        headers["X-Twilio-Signature"] = signature
+    return Request(url, parts.path, headers, MultiDict(parse_qsl(parts.query)), urlencode(form).encode())
+
+
+def handle(call: Request, kind: str = "inbound") -> tuple[int, object]:
+    """The gateway's webhook handler, without the web framework and the store."""
+    sms = channel()
     try:
-        return 200, parse_inbound(MultiDict(form))
+        sms.verify(call)
+        parsed = sms.parse_inbound(call) if kind == "inbound" else sms.parse_status(call)
     except InboundError as refused:
         return refused.status, refused.reason
+    [one] = parsed
+    assert sms.answer(sms.routes()[0]).body == EMPTY_TWIML
+    return 200, one
 
 
 @dataclass(frozen=True)
@@ -132,7 +157,29 @@ INBOUND_CASES = [
     Case("empty Body without media", twilio_form(Body=""), "empty Body", 400),
     Case("NumMedia without MediaUrl", twilio_form(NumMedia="2", MediaUrl0="https://api.twilio.com/m/ME1"),
          "missing MediaUrl1", 400),
-    Case("NumMedia not a number", twilio_form(NumMedia="two"), "invalid NumMedia 'two'", 400),
+    Case("NumMedia not a number", twilio_form(NumMedia="two"), "NumMedia must be a number of at most 18 ASCII digits",
+         400),
+    # Unicode digits pass str.isdigit(): "²" then fails int(), "٣" (Arabic-Indic three) passes it.
+    Case("NumMedia superscript two", twilio_form(NumMedia="²"), "NumMedia must be a number of at most 18 ASCII digits",
+         400),
+    Case("NumMedia Arabic-Indic digit", twilio_form(NumMedia="٣"),
+         "NumMedia must be a number of at most 18 ASCII digits", 400),
+    Case("NumMedia past 64 bits", twilio_form(NumMedia="1" + "0" * 23),
+         "NumMedia must be a number of at most 18 ASCII digits", 400),
+    Case("NumMedia past Twilio's 10", twilio_form(NumMedia="11"), "NumMedia must be at most 10", 400),
+    # A sender nobody could text back is refused, never a case: WhatsApp, short names, words.
+    Case("WhatsApp sender", twilio_form(From="whatsapp:+8613800138000"),
+         "From is not a phone number we can text: a phone number has only digits, spaces, ( ) . - and a leading +",
+         400),
+    Case("WhatsApp sender without a number", twilio_form(From="whatsapp:US.1234"),
+         "From is not a phone number we can text: a phone number has only digits, spaces, ( ) . - and a leading +",
+         400),
+    Case("a word as sender", twilio_form(From="abc"),
+         "From is not a phone number we can text: a phone number has only digits, spaces, ( ) . - and a leading +",
+         400),
+    Case("too short for its country", twilio_form(From="+86123"),
+         "From is not a phone number we can text: not a possible phone number (wrong length for its country)", 400),
+    Case("national number read in the city's region", twilio_form(From="13800138000"), message()),
     Case("empty form", {}, "missing MessageSid", 400),
     Case("bad signature", twilio_form(), "X-Twilio-Signature missing or invalid", 403, garbled),
     Case("missing signature", twilio_form(), "X-Twilio-Signature missing or invalid", 403, unsigned),
@@ -156,10 +203,16 @@ INBOUND_CASES = [
 @pytest.mark.parametrize("case", INBOUND_CASES, ids=[case.name for case in INBOUND_CASES])
 def test_inbound_webhook(case: Case) -> None:
     signature = case.signer(case.form)
-    assert handle(case.url, case.form, signature) == (case.status, case.expected)
+    assert handle(request(case.url, case.form, signature)) == (case.status, case.expected)
     if signature is not None:  # same verdict as the library's own validate()
         valid = RequestValidator(AUTH_TOKEN).validate(case.url, case.form, signature)
         assert verify(case.url, case.form, signature, AUTH_TOKEN) is valid
+
+
+def test_a_body_that_is_not_a_form_is_refused_before_its_signature_is_checked() -> None:
+    form = twilio_form()
+    call = request(PUBLIC_URL, form, signed(form), content_type="application/json")
+    assert handle(call) == (415, "expected application/x-www-form-urlencoded")
 
 
 def test_verify_takes_plain_dicts_and_multidicts_alike() -> None:
@@ -203,34 +256,63 @@ def status_form(**fields: str | None) -> dict[str, str]:
     return form
 
 
+STATUS_URL = "https://gridline.example.cn/webhooks/twilio/status"
+LEGACY_URL = "https://gridline.example.cn/webhooks/twilio/broadcast-status"
+DIGITS = "delivery must be a number of at most 18 ASCII digits"
+
+# (name, callback URL, form, what the channel makes of it). Twilio's words become the one delivery
+# vocabulary here; our row id comes from the callback URL.
 STATUS_CASES = [
-    ("sent", status_form(SmsStatus="sent", MessageStatus="sent"), DeliveryStatus(SID, "sent")),
-    ("delivered", status_form(), DeliveryStatus(SID, "delivered")),
-    ("undelivered with carrier error",
+    ("sent", STATUS_URL + "?delivery=42", status_form(SmsStatus="sent", MessageStatus="sent"),
+     DeliveryStatus(SID, "sent", delivery_id=42)),
+    ("delivered", STATUS_URL + "?delivery=42", status_form(), DeliveryStatus(SID, "delivered", delivery_id=42)),
+    ("queued is still sending", STATUS_URL + "?delivery=42", status_form(MessageStatus="queued"),
+     DeliveryStatus(SID, "sending", delivery_id=42)),
+    ("accepted is still sending", STATUS_URL + "?delivery=42", status_form(MessageStatus="accepted"),
+     DeliveryStatus(SID, "sending", delivery_id=42)),
+    ("undelivered with carrier error", STATUS_URL + "?delivery=42",
      status_form(SmsStatus="undelivered", MessageStatus="undelivered", ErrorCode="30003"),
-     DeliveryStatus(SID, "undelivered", "30003")),
-    ("opted out", status_form(SmsStatus="failed", MessageStatus="failed", ErrorCode="21610"),
-     DeliveryStatus(SID, "failed", "21610")),
-    ("empty ErrorCode", status_form(ErrorCode=""), DeliveryStatus(SID, "delivered")),
-    ("read receipt", status_form(SmsStatus="read", MessageStatus="read"), DeliveryStatus(SID, "read")),
-    ("legacy SmsStatus only", status_form(MessageStatus=None), DeliveryStatus(SID, "delivered")),
-    ("missing MessageSid", status_form(MessageSid=None), (400, "missing MessageSid")),
-    ("missing status", status_form(MessageStatus=None, SmsStatus=None), (400, "missing MessageStatus")),
-    ("unknown status", status_form(MessageStatus="huh"), (400, "unknown MessageStatus 'huh'")),
-    ("inbound status is no delivery report", status_form(MessageStatus="received"),
+     DeliveryStatus(SID, "undelivered", "30003", delivery_id=42)),
+    ("opted out", STATUS_URL + "?delivery=42", status_form(SmsStatus="failed", MessageStatus="failed",
+                                                            ErrorCode="21610"),
+     DeliveryStatus(SID, "failed", "21610", delivery_id=42)),
+    ("canceled is failed", STATUS_URL + "?delivery=42", status_form(MessageStatus="canceled"),
+     DeliveryStatus(SID, "failed", delivery_id=42)),
+    ("empty ErrorCode", STATUS_URL + "?delivery=42", status_form(ErrorCode=""),
+     DeliveryStatus(SID, "delivered", delivery_id=42)),
+    ("read receipt is delivered", STATUS_URL + "?delivery=42", status_form(SmsStatus="read", MessageStatus="read"),
+     DeliveryStatus(SID, "delivered", delivery_id=42)),
+    ("legacy SmsStatus only", STATUS_URL + "?delivery=42", status_form(MessageStatus=None),
+     DeliveryStatus(SID, "delivered", delivery_id=42)),
+    ("legacy ?outbox=", STATUS_URL + "?outbox=7", status_form(), DeliveryStatus(SID, "delivered", delivery_id=7)),
+    ("no id on the URL: found by MessageSid", STATUS_URL, status_form(), DeliveryStatus(SID, "delivered")),
+    ("legacy broadcast route: its ids are of a table that is gone", LEGACY_URL + "?delivery=42", status_form(),
+     DeliveryStatus(SID, "delivered")),
+    ("delivery superscript two", STATUS_URL + "?delivery=%C2%B2", status_form(), (400, DIGITS)),
+    ("delivery 10^23", STATUS_URL + "?delivery=1" + "0" * 23, status_form(), (400, DIGITS)),
+    ("outbox superscript two", STATUS_URL + "?outbox=%C2%B2", status_form(), (400, DIGITS)),
+    ("delivery negative", STATUS_URL + "?delivery=-1", status_form(), (400, DIGITS)),
+    ("missing MessageSid", STATUS_URL, status_form(MessageSid=None), (400, "missing MessageSid")),
+    ("missing status", STATUS_URL, status_form(MessageStatus=None, SmsStatus=None), (400, "missing MessageStatus")),
+    ("unknown status", STATUS_URL, status_form(MessageStatus="huh"), (400, "unknown MessageStatus 'huh'")),
+    ("inbound status is no delivery report", STATUS_URL, status_form(MessageStatus="received"),
      (400, "unknown MessageStatus 'received'")),
+    ("signed for another callback URL", STATUS_URL + "?delivery=43", status_form(),
+     (403, "X-Twilio-Signature missing or invalid")),
 ]
 
 
-@pytest.mark.parametrize(("form", "expected"), [case[1:] for case in STATUS_CASES],
+@pytest.mark.parametrize(("url", "form", "expected"), [case[1:] for case in STATUS_CASES],
                          ids=[case[0] for case in STATUS_CASES])
-def test_status_callback(form: dict[str, str], expected: DeliveryStatus | tuple[int, str]) -> None:
-    if isinstance(expected, DeliveryStatus):
-        assert parse_status(MultiDict(form)) == expected
-    else:
-        with pytest.raises(InboundError) as refused:
-            parse_status(MultiDict(form))
-        assert (refused.value.status, refused.value.reason) == expected
+def test_status_callback(url: str, form: dict[str, str], expected: DeliveryStatus | tuple[int, str]) -> None:
+    signed_url = STATUS_URL + "?delivery=42" if url.endswith("?delivery=43") else url
+    outcome = handle(request(url, form, sign(signed_url, form, AUTH_TOKEN)), kind="status")
+    assert outcome == (expected if isinstance(expected, tuple) else (200, expected))
+
+
+def test_every_twilio_status_maps_into_the_one_vocabulary() -> None:
+    for status in STATUS_ORDER:
+        assert parse_status(MultiDict(status_form(MessageStatus=status))).status in DELIVERY_STATES
 
 
 @pytest.mark.parametrize(("arrivals", "stored"), [
@@ -316,3 +398,34 @@ def test_parse_form_refuses_bad_bodies_with_a_reason(body: bytes, reason: str) -
 def test_verify_refuses_a_signature_header_with_non_ascii_bytes() -> None:
     form = {"Body": "hi", "From": "+8617033259997"}
     assert not verify("http://127.0.0.1:8080/webhooks/twilio/sms", form, "签名\udcff", "token")
+
+
+# --- outbound: the exact request Twilio receives ----------------------------------------------------
+
+OUTGOING = [
+    ("acknowledgement", Outgoing(42, RESIDENT, ANGRY),
+     {"To": RESIDENT, "From": GRIDLINE, "Body": ANGRY, "StatusCallback": STATUS_URL + "?delivery=42"}),
+    ("long text in one create: twilio splits it", Outgoing(7, "+8617033259997", LONG),
+     {"To": "+8617033259997", "From": GRIDLINE, "Body": LONG, "StatusCallback": STATUS_URL + "?delivery=7"}),
+    ("buttons are for chats: dropped", Outgoing(8, RESIDENT, "请评价", markup={"inline": [[("5", "rate:5")]]}),
+     {"To": RESIDENT, "From": GRIDLINE, "Body": "请评价", "StatusCallback": STATUS_URL + "?delivery=8"}),
+]
+
+
+@pytest.mark.parametrize(("message", "form"), [case[1:] for case in OUTGOING], ids=[case[0] for case in OUTGOING])
+def test_send_posts_exactly_this_to_twilio(message: Outgoing, form: dict[str, str]) -> None:
+    with fake_twilio_server(ACCOUNT_SID, AUTH_TOKEN, callbacks="none") as fake:
+        sms = channel(fake.url)
+
+        async def send() -> str:
+            try:
+                return await sms.send(message)
+            finally:
+                await sms.close()
+
+        sid = asyncio.run(send())
+        _, recorded = http_json("GET", fake.url + "/_sandbox/requests")
+    credentials = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+    assert sid.startswith("SM")
+    assert recorded["requests"] == [{"method": "POST", "path": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+                                     "authorization": f"Basic {credentials}", "form": form}]

@@ -21,9 +21,9 @@ from aiohttp import web
 from twilio.rest import Client
 
 from adapters import SendError
-from adapters.twilio_sms import make_client, parse_status, send, verify
+from adapters.twilio_sms import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, make_client, parse_status, send, verify
 from adapters.twilio_sms.sandbox import LoopbackServer, fake_twilio_server
-from gateway.config import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, Settings
+from gateway.config import Settings
 from tests.conftest import sandbox_process
 
 GRIDLINE = "+8617000000000"

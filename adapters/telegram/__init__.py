@@ -22,9 +22,11 @@ import json
 import re
 import warnings
 from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import phonenumbers
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton, ReplyKeyboardMarkup
 from telegram.error import (
     BadRequest,
@@ -40,9 +42,27 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
-from adapters import Channel, InboundError, InboundMessage, Limits, Outgoing, SendError, Unsure, is_loopback
+from adapters import (
+    Channel,
+    InboundError,
+    InboundMessage,
+    Limits,
+    Outgoing,
+    Request,
+    Route,
+    Sandbox,
+    SendError,
+    Unsure,
+    header_bytes,
+    is_loopback,
+)
+from adapters.phones import NotAPhoneNumber, to_e164
 
 TELEGRAM_API_BASE = "https://api.telegram.org"
+# The loopback sandbox's made-up bots (residents', workers'): used when no tokens are configured.
+SANDBOX_TOKENS = ("1000000001:sandbox-residents-bot", "1000000002:sandbox-workers-bot")
+SANDBOX_PORT = 8090
+WEBHOOK_PATH = "/webhooks/telegram/{bot}"  # bot: "resident" or "worker", the part of the name after "telegram-"
 SEND_TIMEOUT = 10.0  # seconds, for connecting, writing and each read; getUpdates adds its long-poll timeout
 # The update types we handle; setWebhook/getUpdates ask Telegram for these only (it remembers the list).
 ALLOWED_UPDATES = ("message", "callback_query")
@@ -67,7 +87,9 @@ def verify(header_value: str | None, secret_token: str) -> bool:
     """
     if not header_value or not secret_token:
         return False
-    return hmac.compare_digest(header_value.encode(), secret_token.encode())
+    # As bytes: a header with bytes that are not UTF-8 arrives surrogate-escaped, and str.encode()
+    # would fail on it (a 500 for a forged call) where it should simply not match.
+    return hmac.compare_digest(header_bytes(header_value), secret_token.encode())
 
 
 def _is_int(value: object) -> bool:
@@ -96,12 +118,13 @@ def sender_language(update: Mapping[str, Any]) -> str | None:
     return None
 
 
-def parse_inbound(update: object) -> InboundMessage | None:
+def parse_inbound(update: object, region: str | None = None, channel: str = "telegram") -> InboundMessage | None:
     """A decoded webhook body (or one getUpdates result) → InboundMessage; None for updates we ignore.
 
     `message` and `callback_query` updates are handled; edited messages, channel posts, membership
     changes etc. give None (answer 200 so Telegram stops resending them). InboundError(400) when the
     body is not an Update: not an object, no integer update_id, a message without chat.id, ...
+    A shared contact's number is read in `region` when it has no country code.
     """
     if not isinstance(update, dict):
         raise InboundError(400, "update must be a JSON object")
@@ -111,9 +134,9 @@ def parse_inbound(update: object) -> InboundMessage | None:
     language = sender_language(update)
     context = {"language": language} if language else {}
     if "message" in update:
-        return _from_message(str(update_id), _object(update, "message", "update"), context)
+        return _from_message(channel, str(update_id), _object(update, "message", "update"), context, region)
     if "callback_query" in update:
-        return _from_callback(str(update_id), _object(update, "callback_query", "update"), context)
+        return _from_callback(channel, str(update_id), _object(update, "callback_query", "update"), context)
     return None
 
 
@@ -125,13 +148,26 @@ def _chat_id(message: Mapping[str, Any], where: str) -> int:
     return chat_id
 
 
-def _phone(contact: Mapping[str, Any]) -> str:
-    """Telegram gives contacts' numbers as digits, usually without "+" ("8613800138000"); → E.164."""
+def _phone(contact: Mapping[str, Any], region: str | None) -> str | None:
+    """A shared contact's number in E.164, or None when it is not a phone number we could text.
+
+    The share-my-number button gives the user's own number in international form, usually without
+    "+" ("8613800138000", "79001234567"); a contact card from the phone book carries what was typed
+    there, often a local number ("0788531373", "13800138000"), which is read in the city's region.
+    """
     raw = contact.get("phone_number")
-    digits = re.sub(r"\D", "", raw) if isinstance(raw, str) else ""
-    if not digits:
+    if not isinstance(raw, str) or not raw.strip():
         raise InboundError(400, "message.contact without a phone_number")
-    return "+" + digits
+    raw = raw.strip()
+    if not raw.startswith(("+", "0")):
+        with contextlib.suppress(NotAPhoneNumber):
+            international = to_e164("+" + raw)
+            if phonenumbers.is_valid_number(phonenumbers.parse(international)):
+                return international
+    try:
+        return to_e164(raw, region)
+    except NotAPhoneNumber:
+        return None
 
 
 def _coordinate(location: Mapping[str, Any], key: str) -> float:
@@ -150,14 +186,14 @@ def _largest_photo(sizes: object) -> str:
     return max(sizes, key=lambda size: size["width"] * size["height"])["file_id"]
 
 
-def _from_message(provider_id: str, message: Mapping[str, Any],
-                  context: dict[str, Any]) -> InboundMessage | None:
+def _from_message(channel: str, provider_id: str, message: Mapping[str, Any],
+                  context: dict[str, Any], region: str | None) -> InboundMessage | None:
     sender = str(_chat_id(message, "message"))
     caption = message.get("caption")
     caption = caption if isinstance(caption, str) else ""
 
     def inbound(kind: str, text: str = "", **payload: Any) -> InboundMessage:
-        return InboundMessage(channel="telegram", provider_id=provider_id, sender=sender, text=text,
+        return InboundMessage(channel=channel, provider_id=provider_id, sender=sender, text=text,
                               kind=kind, payload={**context, **payload})
 
     if "text" in message:
@@ -176,7 +212,7 @@ def _from_message(provider_id: str, message: Mapping[str, Any],
         sender_id = sender_user.get("id") if isinstance(sender_user, dict) else None
         # "own": the user shared their own number (the request_contact button), not someone's card.
         own = sender_id is not None and contact.get("user_id") == sender_id
-        return inbound("contact", phone=_phone(contact), own=own)
+        return inbound("contact", phone=_phone(contact, region), own=own)
     if "location" in message:  # venues carry a location too
         location = _object(message, "location", "message")
         return inbound("location", latitude=_coordinate(location, "latitude"),
@@ -189,7 +225,8 @@ def _from_message(provider_id: str, message: Mapping[str, Any],
     return None
 
 
-def _from_callback(provider_id: str, query: Mapping[str, Any], context: dict[str, Any]) -> InboundMessage | None:
+def _from_callback(channel: str, provider_id: str, query: Mapping[str, Any],
+                   context: dict[str, Any]) -> InboundMessage | None:
     """A button press. Its chat is the chat of the message holding the button (in a private chat that
     is also the user's id, which inline-mode messages, having no message, fall back to)."""
     query_id = query.get("id")
@@ -209,7 +246,7 @@ def _from_callback(provider_id: str, query: Mapping[str, Any], context: dict[str
         chat_id = user.get("id") if isinstance(user, dict) else None
         if not _is_int(chat_id):
             raise InboundError(400, "callback_query without message.chat.id or from.id")
-    return InboundMessage(channel="telegram", provider_id=provider_id, sender=str(chat_id), text=data,
+    return InboundMessage(channel=channel, provider_id=provider_id, sender=str(chat_id), text=data,
                           kind="callback", payload=payload)
 
 
@@ -401,8 +438,10 @@ class TelegramBot(Channel):
     """
 
     def __init__(self, name: str, token: str, api_base: str = TELEGRAM_API_BASE, *,
-                 rate: float = 30.0, per_chat_rate: float = 1.0):
+                 rate: float = 30.0, per_chat_rate: float = 1.0, webhook_secret: str = "",
+                 region: str | None = None):
         self.name = name
+        self._secret, self._region = webhook_secret, region
         self.limits = Limits(rate=rate, per_address_rate=per_chat_rate, max_length=MAX_TEXT)
         self._token, self._api_base = token, api_base
         self._bot: Bot | None = None
@@ -410,6 +449,24 @@ class TelegramBot(Channel):
 
     def cost(self, text: str) -> float:
         return float(len(split_text(text)))
+
+    # --- inbound: one webhook per bot ---
+
+    @property
+    def webhook_path(self) -> str:
+        return WEBHOOK_PATH.format(bot=self.name.removeprefix("telegram-"))
+
+    def routes(self) -> list[Route]:
+        return [Route(self.webhook_path, "inbound")]
+
+    def verify(self, request: Request) -> None:
+        if not verify(request.headers.get("X-Telegram-Bot-Api-Secret-Token"), self._secret):
+            raise InboundError(403, "X-Telegram-Bot-Api-Secret-Token missing or invalid")
+
+    def parse_inbound(self, request: Request) -> list[InboundMessage]:
+        """One Update per call; updates we do not handle are acknowledged (200) and dropped."""
+        message = parse_inbound(request.json, self._region, self.name)
+        return [] if message is None else [message]
 
     def _connected(self) -> Bot:
         """Built on first use, inside the sender's event loop (httpx clients belong to one loop)."""
@@ -438,3 +495,33 @@ class TelegramBot(Channel):
 
     async def close(self) -> None:
         await asyncio.gather(*(http.shutdown() for http in self._http))
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """The package's settings, built by the gateway's channel registry from GRIDLINE_TELEGRAM_*."""
+
+    tokens: Mapping[str, str]  # bot ("resident", "worker") → token; each bot is the channel telegram-<bot>
+    api_base: str = TELEGRAM_API_BASE
+    webhook_secret: str = ""
+    rate: float = 30.0
+    per_chat_rate: float = 1.0
+    region: str | None = None  # the city's region, for shared contacts' local numbers
+    sandbox_port: int | None = None  # run the loopback sandbox on this port (no tokens configured)
+
+
+def channels(config: Config) -> list[Channel]:
+    return [TelegramBot(f"telegram-{bot}", token, config.api_base, rate=config.rate,
+                        per_chat_rate=config.per_chat_rate, webhook_secret=config.webhook_secret,
+                        region=config.region)
+            for bot, token in config.tokens.items()]
+
+
+def sandbox(config: Config) -> Sandbox | None:
+    if config.sandbox_port is None:
+        return None
+    tokens = [arg for token in config.tokens.values() for arg in ("--token", token)]
+    return Sandbox("telegram-sandbox", "adapters.telegram.sandbox", ("--port", str(config.sandbox_port), *tokens))

@@ -12,9 +12,11 @@ Control API (JSON, no auth, loopback only). `{bot}` is the bot's token:
 
     GET  /_sandbox/{bot}/messages?chat_id=42   messages the bot sent (as since edited), oldest first
     GET  /_sandbox/{bot}/callbacks?chat_id=42  injected button presses and the bot's answers to them
+    GET  /_sandbox/{bot}/requests              the last 1,000 sending calls as they came (method, params)
     POST /_sandbox/{bot}/updates  {...}        a user writes or presses a button: see below
     POST /_sandbox/faults   {"status": 429, "retry_after": 1, "count": 2}   the next 2 sending calls fail
                             {"status": 500, "count": 1}
+    DELETE /_sandbox/faults                    forget the faults not yet used
     POST /_sandbox/blocked  {"chat_id": 42}    that user blocked the bots: sending there answers 403
     POST /_sandbox/limits   {"per_chat_per_second": 1, "global_per_second": 30}   flood control: 429s
     POST /_sandbox/reset                       forget messages, updates, webhooks, faults, blocks, limits
@@ -67,8 +69,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.twilio_sms.sandbox import LoopbackServer, start_site
-from gateway.logs import setup_logging
+from adapters.twilio_sms.sandbox import LoopbackServer, setup_logging, start_site
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ MAX_TEXT = 4096  # UTF-16 code units in one message
 MAX_CALLBACK_DATA = 64  # bytes
 MAX_CALLBACK_ANSWER = 200  # characters
 MAX_UPDATES = 100  # per getUpdates call
+RECORDED_REQUESTS = 1000  # sending calls kept per bot for /_sandbox/{bot}/requests
 WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=5)
 UPDATE_TYPES = frozenset({
     "message", "edited_message", "channel_post", "edited_channel_post", "business_connection",
@@ -137,6 +139,10 @@ class _Params:
             values.update((name, value) for name, value in (await request.post()).items()
                           if isinstance(value, str))  # file parts: no method here takes one
         return cls(values)
+
+    def raw(self) -> dict[str, Any]:
+        """The parameters as posted (strings from a form, typed values from JSON)."""
+        return dict(self._values)
 
     def integer(self, name: str, *, required: bool = False) -> int | None:
         value = self._values.get(name)
@@ -230,6 +236,8 @@ class _Bot:
     webhook: _Webhook | None = None
     allowed_updates: tuple[str, ...] = ()  # empty: every type
     sent_at: deque[float] = field(default_factory=deque)  # monotonic times of recent sending calls
+    # The last sending calls as they came: method, content type and parameters as posted.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECORDED_REQUESTS))
     chat_sent_at: defaultdict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     def chat(self, chat_id: int) -> dict[str, Any]:
@@ -238,7 +246,7 @@ class _Bot:
     def forget(self) -> None:
         """Back to a fresh bot; ids keep counting up so stale ones never match again."""
         for collection in (self.chats, self.sent, self.by_id, self.callbacks, self.updates, self.sent_at,
-                           self.chat_sent_at):
+                           self.chat_sent_at, self.requests):
             collection.clear()
         self.webhook = None
         self.allowed_updates = ()
@@ -286,8 +294,10 @@ class FakeTelegram:
         app.router.add_route("*", "/bot{token}/{method}", self.api)
         app.router.add_get("/_sandbox/{bot}/messages", self.sent_messages)
         app.router.add_get("/_sandbox/{bot}/callbacks", self.callback_queries)
+        app.router.add_get("/_sandbox/{bot}/requests", self.recorded_requests)
         app.router.add_post("/_sandbox/{bot}/updates", self.inject_update)
         app.router.add_post("/_sandbox/faults", self.add_faults)
+        app.router.add_delete("/_sandbox/faults", self.clear_faults)
         app.router.add_post("/_sandbox/blocked", self.block)
         app.router.add_post("/_sandbox/limits", self.set_limits)
         app.router.add_post("/_sandbox/reset", self.reset)
@@ -310,10 +320,14 @@ class FakeTelegram:
             return _ApiError(404, "Not Found").response()
         handler, sending = method
         try:
+            params = await _Params.read(request)
+            if sending:
+                bot.requests.append({"method": request.method, "api_method": request.match_info["method"],
+                                     "content_type": request.content_type, "params": params.raw()})
             if sending and self._faults:
                 status, retry_after = self._faults.popleft()
                 raise _flood(retry_after or 1) if status == 429 else _ApiError(status, HTTPStatus(status).phrase)
-            result = await handler(bot, await _Params.read(request))
+            result = await handler(bot, params)
         except _ApiError as error:
             return error.response()
         return web.json_response({"ok": True, "result": result})
@@ -587,6 +601,10 @@ class FakeTelegram:
         return web.json_response({"messages": [m for m in bot.sent
                                                 if chat_id is None or m["chat"]["id"] == chat_id]})
 
+    async def recorded_requests(self, request: web.Request) -> web.Response:
+        bot, _ = self._bot_and_chat(request)
+        return web.json_response({"requests": list(bot.requests)})
+
     async def callback_queries(self, request: web.Request) -> web.Response:
         bot, chat_id = self._bot_and_chat(request)
         return web.json_response({"callbacks": [q for q in bot.callbacks.values()
@@ -605,6 +623,12 @@ class FakeTelegram:
             return _bad_control("retry_after goes with status 429 and is a positive integer")
         self._faults.extend([(status, retry_after)] * count)
         return web.json_response({"pending_faults": len(self._faults)})
+
+    async def clear_faults(self, _request: web.Request) -> web.Response:
+        """The storm is over: calls succeed again."""
+        cleared = len(self._faults)
+        self._faults.clear()
+        return web.json_response({"cleared": cleared})
 
     async def block(self, request: web.Request) -> web.Response:
         spec = await _json_object(request)

@@ -12,35 +12,53 @@ import functools
 import hmac
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlparse
+from typing import Protocol
+from urllib.parse import urlparse
 
 import aiohttp
 import requests
-from multidict import MultiDict
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator, add_port, remove_port
 from twilio.rest import Client
-from yarl import URL
 
 from adapters import (
+    Answer,
     Channel,
     DeliveryStatus,
     InboundError,
     InboundMessage,
     Limits,
     Outgoing,
+    Request,
+    Route,
+    Sandbox,
     SendError,
     Unsure,
+    ascii_int,
+    header_bytes,
     is_loopback,
 )
+from adapters.phones import NotAPhoneNumber, to_e164
 
-if TYPE_CHECKING:
-    from gateway.config import Settings
+# The loopback sandbox's made-up account: what the gateway uses when no Twilio account is configured.
+SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
+SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
+SANDBOX_PORT = 8089
+
+
+class ClientSettings(Protocol):
+    """What `make_client` reads from the gateway's settings."""
+
+    @property
+    def twilio_credentials(self) -> tuple[str, str]: ...
+
+    @property
+    def twilio_base(self) -> str: ...
 
 SEND_TIMEOUT = 10.0  # seconds, for connecting and for each read; twilio-python waits forever by default
 
@@ -86,7 +104,7 @@ def verify(url: str, params: Mapping[str, str], signature: str | None, auth_toke
     validator = _validator(auth_token)
     form = _signable(params)
     as_given, other = _url_forms(url)
-    offered = signature.encode("utf-8", "surrogateescape")  # a header may hold any bytes
+    offered = header_bytes(signature)  # a header may hold any bytes
     return any(hmac.compare_digest(validator.compute_signature(form_of_url, form).encode(), offered)
                for form_of_url in (as_given, other))
 
@@ -101,43 +119,29 @@ def _url_forms(url: str) -> tuple[str, str]:
 # --- webhooks -------------------------------------------------------------------------------
 
 
-MAX_FORM_FIELDS = 200
-
-
-def parse_form(body: bytes) -> MultiDict[str]:
-    """Decode a form body with yarl's compiled unquoter (aiohttp's own query parser).
-
-    It is three times faster than urllib's parse_qsl, on the hot path of every webhook, and agrees
-    with it except that it turns a bad UTF-8 sequence into U+FFFD. So the rare body with U+FFFD
-    in a value is decoded again, strictly, to tell a real U+FFFD from a bad byte.
-    """
-    try:
-        text = body.decode("ascii")
-    except UnicodeDecodeError as bad:
-        raise InboundError(400, "form body is not valid UTF-8: raw bytes outside ASCII") from bad
-    if text.count("&") >= MAX_FORM_FIELDS:
-        raise InboundError(400, f"malformed form body: more than {MAX_FORM_FIELDS} fields")
-    form = MultiDict(URL.build(query_string=text, encoded=True).query)
-    if any("\ufffd" in value for value in form.values()):
-        try:
-            parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
-        except UnicodeDecodeError as bad:
-            raise InboundError(400, "form body is not valid UTF-8") from bad
-    return form
+INBOUND_PATH = "/webhooks/twilio/sms"
+STATUS_PATH = "/webhooks/twilio/status"
+# Broadcast deliveries used to name this callback, with ids of a table that is gone: its reports
+# are matched by MessageSid alone.
+LEGACY_STATUS_PATH = "/webhooks/twilio/broadcast-status"
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+MAX_MEDIA = 10  # Twilio accepts at most 10 media items in one MMS
 
 
 def _media_count(params: Mapping[str, str]) -> int:
-    raw = params.get("NumMedia") or "0"
-    if not raw.isdigit():
-        raise InboundError(400, f"invalid NumMedia {raw!r}")
-    return int(raw)
+    count = ascii_int(params.get("NumMedia") or "0", "NumMedia")
+    if count > MAX_MEDIA:
+        raise InboundError(400, f"NumMedia must be at most {MAX_MEDIA}")
+    return count
 
 
-def parse_inbound(params: Mapping[str, str]) -> InboundMessage:
+def parse_inbound(params: Mapping[str, str], region: str | None = None) -> InboundMessage:
     """An inbound SMS/MMS webhook → InboundMessage; InboundError(400) names the first missing field.
 
     Twilio joins a multipart SMS into one Body before calling us, so Body is the whole text.
     Body may be empty or absent only for MMS (NumMedia > 0), whose MediaUrl0..N-1 become `media`.
+    From must be a phone number (read in `region` when it has no country code): a WhatsApp or
+    other sender we cannot text back is refused rather than opening a case nobody can answer.
     """
     provider_id = params.get("MessageSid") or params.get("SmsMessageSid")
     if not provider_id:
@@ -145,6 +149,10 @@ def parse_inbound(params: Mapping[str, str]) -> InboundMessage:
     sender = params.get("From")
     if not sender:
         raise InboundError(400, "missing From")
+    try:
+        sender = to_e164(sender, region)
+    except NotAPhoneNumber as error:
+        raise InboundError(400, f"From is not a phone number we can text: {error}") from error
     media = []
     for index in range(_media_count(params)):
         url = params.get(f"MediaUrl{index}")
@@ -158,12 +166,9 @@ def parse_inbound(params: Mapping[str, str]) -> InboundMessage:
                           media=tuple(media))
 
 
-# Delivery states of a message we sent, in the order they can legitimately follow each other.
-# Twilio posts reports concurrently, so they may arrive out of order: store a report only when
-# status_rank(new) > status_rank(stored). Outcomes share one rank so the first verdict sticks
-# (a late "sent" cannot undo "delivered", nor a "failed" overwrite "delivered"); "read" (read
-# receipts, WhatsApp/RCS) is the one thing that may follow "delivered". Inbound-only states
-# (receiving, received) are not delivery reports and are absent on purpose.
+# Delivery states of a message we sent, in the order they can legitimately follow each other (the
+# sandbox plays them in this order). "read" (read receipts, WhatsApp/RCS) may follow "delivered".
+# Inbound-only states (receiving, received) are not delivery reports and are absent on purpose.
 STATUS_ORDER: Mapping[str, int] = MappingProxyType({
     "scheduled": 0,  # created with SendAt, waiting for its time
     "accepted": 1,  # taken by a Messaging Service, no sender chosen yet
@@ -179,28 +184,46 @@ STATUS_ORDER: Mapping[str, int] = MappingProxyType({
 })
 
 
+# Twilio's statuses in the one delivery vocabulary (adapters.DELIVERY_STATES): the only place
+# Twilio's words are translated.
+DELIVERY_STATE: Mapping[str, str] = MappingProxyType({
+    "scheduled": "sending", "accepted": "sending", "queued": "sending", "sending": "sending",
+    "sent": "sent", "partially_delivered": "sent", "delivered": "delivered", "read": "delivered",
+    "undelivered": "undelivered", "failed": "failed", "canceled": "failed",
+})
+
+
 def status_rank(status: str) -> int:
     """Position of `status` in STATUS_ORDER; -1 when unknown, so any real report replaces it."""
     return STATUS_ORDER.get(status, -1)
 
 
-def parse_status(params: Mapping[str, str]) -> DeliveryStatus:
-    """A StatusCallback post → DeliveryStatus; InboundError(400) if it is not one we understand."""
+def delivery_id(query: Mapping[str, str]) -> int | None:
+    """Our delivery row's id from the StatusCallback URL: `?delivery=`, or `?outbox=` on messages
+    sent before the one delivery table; None when neither is there."""
+    raw = query.get("delivery", query.get("outbox"))
+    return None if raw is None else ascii_int(raw, "delivery")
+
+
+def parse_status(params: Mapping[str, str], delivery: int | None = None) -> DeliveryStatus:
+    """A StatusCallback post → DeliveryStatus in the one vocabulary; InboundError(400) if it is not
+    one we understand. `delivery` is our row id from the callback URL, when it carries one."""
     provider_id = params.get("MessageSid")
     if not provider_id:
         raise InboundError(400, "missing MessageSid")
     status = params.get("MessageStatus") or params.get("SmsStatus")
     if not status:
         raise InboundError(400, "missing MessageStatus")
-    if status not in STATUS_ORDER:
+    if status not in DELIVERY_STATE:
         raise InboundError(400, f"unknown MessageStatus {status!r}")
-    return DeliveryStatus(provider_id=provider_id, status=status, error_code=params.get("ErrorCode") or None)
+    return DeliveryStatus(provider_id=provider_id, status=DELIVERY_STATE[status],
+                          error_code=params.get("ErrorCode") or None, delivery_id=delivery)
 
 
 # --- sending --------------------------------------------------------------------------------
 
 
-def make_client(settings: Settings) -> Client:
+def make_client(settings: ClientSettings) -> Client:
     """A twilio Client for `settings.twilio_base` with a 10 s timeout and no retries.
 
     The client builds every URL from `client.api.base_url` ("https://api.twilio.com") plus the real
@@ -296,9 +319,13 @@ class TwilioSms(Channel):
     """
 
     name = "sms"
+    phone_addresses = True
+    lists_sent = True
 
     def __init__(self, account_sid: str, auth_token: str, from_number: str, api_base: str,
-                 status_url: str | None, *, rate: float = 0.0, unit: str = "messages", concurrency: int = 50):
+                 status_url: str | None, *, rate: float = 0.0, unit: str = "messages", concurrency: int = 50,
+                 region: str | None = None):
+        self._region = region  # a From without a country code is read in the city's region
         self._credentials = (account_sid, auth_token)
         self._from = from_number
         self._api_base = api_base
@@ -323,6 +350,28 @@ class TwilioSms(Channel):
             self._client.edge = self._client.region = None  # as in make_client
             self._client.api.base_url = self._api_base
         return self._client
+
+    # --- inbound: webhooks and delivery reports ---
+
+    def routes(self) -> list[Route]:
+        return [Route(INBOUND_PATH, "inbound"), Route(STATUS_PATH, "status"), Route(LEGACY_STATUS_PATH, "status")]
+
+    def verify(self, request: Request) -> None:
+        """X-Twilio-Signature over the URL Twilio called and the form; 415 before that if not a form."""
+        if not verify(request.url, request.form, request.headers.get("X-Twilio-Signature"), self._credentials[1]):
+            raise InboundError(403, "X-Twilio-Signature missing or invalid")
+
+    def parse_inbound(self, request: Request) -> list[InboundMessage]:
+        return [parse_inbound(request.form, self._region)]
+
+    def parse_status(self, request: Request) -> list[DeliveryStatus]:
+        legacy = request.path == LEGACY_STATUS_PATH
+        return [parse_status(request.form, None if legacy else delivery_id(request.query))]
+
+    def answer(self, route: Route) -> Answer:
+        return Answer(EMPTY_TWIML, "text/xml")
+
+    # --- outbound ---
 
     async def send(self, message: Outgoing) -> str:
         callback = f"{self._status_url}?delivery={message.delivery_id}" if self._status_url else None
@@ -350,3 +399,37 @@ class TwilioSms(Channel):
     async def close(self) -> None:
         if self._http is not None:
             await self._http.session.close()
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """The package's settings, built by the gateway's channel registry from GRIDLINE_TWILIO_* and
+    the SMS rate settings."""
+
+    account_sid: str
+    auth_token: str
+    from_number: str
+    api_base: str  # Twilio's REST base URL, or the sandbox's
+    status_url: str  # our public URL of STATUS_PATH, named on every message as its StatusCallback
+    rate: float = 0.0
+    unit: str = "messages"
+    concurrency: int = 50
+    region: str | None = None  # the city's region, for a From written without a country code
+    sandbox_port: int | None = None  # run the loopback sandbox on this port (no account configured)
+
+
+def channels(config: Config) -> list[Channel]:
+    return [TwilioSms(config.account_sid, config.auth_token, config.from_number, config.api_base,
+                      config.status_url, rate=config.rate, unit=config.unit, concurrency=config.concurrency,
+                      region=config.region)]
+
+
+def sandbox(config: Config) -> Sandbox | None:
+    if config.sandbox_port is None:
+        return None
+    return Sandbox("twilio-sandbox", "adapters.twilio_sms.sandbox",
+                   ("--port", str(config.sandbox_port), "--account-sid", config.account_sid,
+                    "--auth-token", config.auth_token))

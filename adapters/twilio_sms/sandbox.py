@@ -23,6 +23,9 @@ Control API (JSON, no auth, loopback only):
     POST   /_sandbox/callbacks {"mode": "final"}                   which delivery reports to post
     GET    /_sandbox/messages?to=+8613800138000                    accepted messages, oldest first
     GET    /_sandbox/recipients                                    {"+8613800138000": 2, ...}: messages per number
+    GET    /_sandbox/requests                                      the last 1,000 creates as they came
+    GET    /_sandbox/first-accepted                                {"+8613800138000": 1764770000.123, ...}: when
+                                                                   each number's first message was accepted
     DELETE /_sandbox/messages                                      forget the messages
     POST   /_sandbox/reset                                         forget messages, faults, opt-outs; mode all
 
@@ -30,7 +33,7 @@ Start it with `python -m adapters.twilio_sms.sandbox --port 8089 [--callbacks fi
 a free port; the first line printed names the URL), or inside a test:
 
     with fake_twilio_server() as fake:
-        client = twilio_sms.make_client(Settings(twilio_api_base=fake.url))
+        client = twilio_sms.make_client(Settings(twilio_api_base=fake.url))   # gateway.config.Settings
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http import HTTPStatus
@@ -55,9 +59,15 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
-from adapters.twilio_sms import STATUS_ORDER, segments, sign, status_rank
-from gateway.config import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, load_settings
-from gateway.logs import setup_logging
+from adapters.twilio_sms import (
+    SANDBOX_ACCOUNT_SID,
+    SANDBOX_AUTH_TOKEN,
+    SANDBOX_PORT,
+    STATUS_ORDER,
+    segments,
+    sign,
+    status_rank,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,7 @@ MAX_PAGE_SIZE = 1000
 CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=5)  # per post, counted from when a poster takes it up
 CALLBACK_POSTERS = 64  # status callbacks in flight at once
 CALLBACK_MODES = ("all", "final", "none")
+RECORDED_REQUESTS = 1000  # the last creates, as they came (method, path, Authorization, form)
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 _ERROR_STATUSES = frozenset(status.value for status in HTTPStatus if status >= 400)
 _T = TypeVar("_T")
@@ -87,6 +98,7 @@ _NORMAL_DELIVERY = _Delivery()
 class _Message:
     payload: dict[str, Any]  # exactly what the REST API answers for it
     sent_at: datetime | None = None  # for DateSent filters; set when it reaches "sent"
+    accepted_at: float = field(default_factory=time.time)  # epoch seconds, finer than date_created
 
 
 def _twilio_error(status: int, code: int, message: str,
@@ -127,6 +139,7 @@ class FakeTwilio:
         credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self._authorization = f"Basic {credentials}".encode()
         self._messages: dict[str, _Message] = {}
+        self._requests: deque[dict[str, Any]] = deque(maxlen=RECORDED_REQUESTS)
         self._opted_out: set[str] = set()
         self._create_faults: deque[int] = deque()  # HTTP statuses the next creates answer with
         self._delivery_faults: deque[_Delivery] = deque()
@@ -146,6 +159,8 @@ class FakeTwilio:
         app.router.add_post("/_sandbox/callbacks", self.set_callbacks)
         app.router.add_get("/_sandbox/messages", self.sent_messages)
         app.router.add_get("/_sandbox/recipients", self.recipients)
+        app.router.add_get("/_sandbox/requests", self.recorded_requests)
+        app.router.add_get("/_sandbox/first-accepted", self.first_accepted)
         app.router.add_delete("/_sandbox/messages", self.forget_messages)
         app.router.add_post("/_sandbox/reset", self.reset)
         app.cleanup_ctx.append(self._callback_session)
@@ -179,6 +194,9 @@ class FakeTwilio:
             status = self._create_faults.popleft()
             return _twilio_error(status, 20000 + status, HTTPStatus(status).phrase)
         form = await request.post()
+        self._requests.append({"method": request.method, "path": request.path,
+                               "authorization": request.headers.get("Authorization"),
+                               "form": {name: str(value) for name, value in form.items()}})
         to = str(form.get("To", ""))
         sender = str(form.get("From", "")) or None
         service = str(form.get("MessagingServiceSid", "")) or None
@@ -356,10 +374,20 @@ class FakeTwilio:
         """Messages per number: what a benchmark needs to check exactly-once, without every payload."""
         return web.json_response(Counter(m.payload["to"] for m in self._messages.values()))
 
+    async def first_accepted(self, _request: web.Request) -> web.Response:
+        """Epoch seconds at which each number's first message was accepted: for latency benchmarks."""
+        first: dict[str, float] = {}
+        for message in self._messages.values():
+            first.setdefault(message.payload["to"], message.accepted_at)
+        return web.json_response(first)
+
     async def sent_messages(self, request: web.Request) -> web.Response:
         to = request.query.get("to")
         return web.json_response({"messages": [m.payload for m in self._messages.values()
                                                if to is None or m.payload["to"] == to]})
+
+    async def recorded_requests(self, _request: web.Request) -> web.Response:
+        return web.json_response({"requests": list(self._requests)})
 
     async def forget_messages(self, _request: web.Request) -> web.Response:
         forgotten = len(self._messages)
@@ -368,6 +396,7 @@ class FakeTwilio:
 
     async def reset(self, _request: web.Request) -> web.Response:
         self._messages.clear()
+        self._requests.clear()
         self._opted_out.clear()
         self._create_faults.clear()
         self._delivery_faults.clear()
@@ -438,13 +467,16 @@ def run_fake_twilio(host: str, port: int, account_sid: str, auth_token: str, cal
     asyncio.run(_serve_forever(host, port, account_sid, auth_token, callbacks))
 
 
+def setup_logging() -> None:
+    """The sandboxes log only their own trouble (ids and URLs, never a message's text)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
-    account_sid, auth_token = settings.twilio_credentials
     parser = argparse.ArgumentParser(description="Fake Twilio Messages API on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=settings.sandbox_port, help="0 picks a free port")
-    parser.add_argument("--account-sid", default=account_sid)
-    parser.add_argument("--auth-token", default=auth_token)
+    parser.add_argument("--port", type=int, default=SANDBOX_PORT, help="0 picks a free port")
+    parser.add_argument("--account-sid", default=SANDBOX_ACCOUNT_SID)
+    parser.add_argument("--auth-token", default=SANDBOX_AUTH_TOKEN)
     parser.add_argument("--callbacks", choices=CALLBACK_MODES, default="all",
                         help="delivery reports to post: all (as Twilio), final (the last status only), none")
     args = parser.parse_args(argv)

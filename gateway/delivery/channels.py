@@ -1,74 +1,95 @@
-"""Outgoing channels: the outbox hands each row to the sender of its channel."""
+"""The channels messages come in and go out on: the registry of channel packages, one line each,
+and the one place the gateway turns its settings into `adapters.Channel` objects.
+
+A channel package (adapters/<name>/) has a `Config` dataclass of its settings, `channels(config)`
+giving its configured `Channel`s (none when it is not enabled) and `sandbox(config)` giving the
+loopback fake the supervisor should run, if any. The app mounts every channel's routes from here,
+the senders send through the same objects, and the supervisor starts the sandboxes. A new channel
+is a package, its settings (GRIDLINE_<NAME>_*, fields of gateway.config.Settings) and one line in
+REGISTRY.
+"""
 
 from __future__ import annotations
 
-import time
-from datetime import datetime
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
-import redis
-
-from adapters import SendError, twilio_sms
-from adapters.telegram import TelegramClient
+from adapters import Channel, Sandbox
 from gateway.config import Settings
-from gateway.delivery.ratelimit import TokenBucket
-from gateway.world import BOTS, SMS
 
 
-class TwilioSmsSender:
-    """SMS through Twilio's REST API (or the loopback sandbox that speaks it)."""
-
-    def __init__(self, settings: Settings):
-        self._client = twilio_sms.make_client(settings)
-        self._from = settings.twilio_from_number
-        self._callback = f"{settings.base_url}/webhooks/twilio/status"
-
-    def send(self, recipient: str, body: str, outbox_id: int, markup: dict | None) -> str:
-        # Our row id rides on the callback URL: a report can arrive before we have stored the sid.
-        return twilio_sms.send(self._client, from_number=self._from, to=recipient, body=body,
-                               status_callback=f"{self._callback}?outbox={outbox_id}")
-
-    def find_sent(self, recipient: str, body: str, since: datetime) -> str | None:
-        for message in self._client.messages.list(to=recipient, date_sent_after=since, limit=100):
-            if message.body == body:
-                return message.sid
-        return None
+def _twilio(settings: Settings, package: Any) -> Any:
+    account_sid, auth_token = settings.twilio_credentials
+    return package.Config(
+        account_sid=account_sid, auth_token=auth_token, from_number=settings.twilio_from_number,
+        api_base=settings.twilio_base, status_url=settings.base_url + package.STATUS_PATH,
+        rate=settings.sms_rate_limit, unit=settings.sms_rate_unit, concurrency=settings.broadcast_concurrency,
+        region=settings.default_region,
+        sandbox_port=settings.sandbox_port if settings.sandbox and not settings.twilio_api_base else None)
 
 
-class TelegramSender:
-    """One bot's messages, within Telegram's limits (~30/s overall, ~1/s per chat) shared by all
-    workers through a Redis token bucket. Telegram has no delivery reports: sent is final."""
-
-    MAX_WAIT = 3.0  # seconds a job waits for the bucket before handing the row back for later
-
-    def __init__(self, settings: Settings, bot: str, connection: redis.Redis):
-        self._client = TelegramClient(settings.telegram_tokens[bot], settings.telegram_base)
-        # Telegram limits each bot: the residents' bot shares its bucket with broadcasts.
-        self._bucket = TokenBucket(connection, "telegram" if bot == "resident" else f"telegram:{bot}",
-                                   settings.telegram_rate_limit,
-                                   item_rate=settings.telegram_chat_rate_limit)
-
-    def send(self, recipient: str, body: str, outbox_id: int, markup: dict | None) -> str:
-        deadline = time.monotonic() + self.MAX_WAIT
-        while True:
-            [granted], wait = self._bucket.take([1], [recipient])
-            if granted:
-                break
-            if time.monotonic() + wait > deadline:
-                raise SendError("rate limit", retryable=True, code="rate_limited", retry_after=wait)
-            time.sleep(wait)
-        markup = markup or {}
-        if "answer_callback" in markup:  # stops the spinner on the button the user pressed
-            self._client.answer_callback(markup["answer_callback"], body or None)
-            return f"callback:{markup['answer_callback']}"
-        return self._client.send(int(recipient), body, markup.get("inline"), request_contact=markup.get("contact"))
-
-    def find_sent(self, recipient: str, body: str, since: datetime) -> str | None:
-        """The Bot API cannot list sent messages: a row cut off mid-send is sent again."""
-        return None
+def _telegram(settings: Settings, package: Any) -> Any:
+    return package.Config(
+        tokens=settings.telegram_tokens, api_base=settings.telegram_base,
+        webhook_secret=settings.telegram_webhook_secret, rate=settings.telegram_rate_limit,
+        per_chat_rate=settings.telegram_chat_rate_limit, region=settings.default_region,
+        sandbox_port=(settings.telegram_sandbox_port
+                      if settings.telegram_sandbox and not settings.telegram_api_base else None))
 
 
-def build_senders(settings: Settings, connection: redis.Redis) -> dict[str, TwilioSmsSender | TelegramSender]:
-    senders: dict[str, TwilioSmsSender | TelegramSender] = {SMS: TwilioSmsSender(settings)}
-    for bot, channel in BOTS.items():
-        senders[channel] = TelegramSender(settings, bot, connection)
-    return senders
+def prefixed(prefix: str) -> Callable[[Settings, Any], Any]:
+    """A package configured by the settings `<prefix><field>` (GRIDLINE_<PREFIX><FIELD>), given to
+    `Config.from_strings` as text (empty: the package's default), with the city's region and our
+    public URL."""
+    def configure(settings: Settings, package: Any) -> Any:
+        values = {f.name[len(prefix):]: getattr(settings, f.name) for f in fields(settings)
+                  if f.name.startswith(prefix) and getattr(settings, f.name) != ""}
+        return package.Config.from_strings({**values, "region": settings.default_region,
+                                            "public_url": settings.base_url})
+
+    return configure
+
+
+@dataclass(frozen=True)
+class Registration:
+    module: str  # the package, imported when channels are built (providers' clients are slow to import)
+    configure: Callable[[Settings, Any], Any]  # settings, package → the package's Config
+
+
+REGISTRY = (
+    Registration("adapters.twilio_sms", _twilio),
+    Registration("adapters.telegram", _telegram),
+    Registration("adapters.http_api", prefixed("http_")),
+)
+
+
+def _configured(settings: Settings) -> list[tuple[Any, Any]]:
+    packages = [(importlib.import_module(r.module), r) for r in REGISTRY]
+    return [(package, r.configure(settings, package)) for package, r in packages]
+
+
+def build_channels(settings: Settings) -> dict[str, Channel]:
+    """Every configured channel by name (each lane process sends on one of them, the app mounts their
+    routes); ValueError for a configuration that does not hold together."""
+    built: dict[str, Channel] = {}
+    for package, config in _configured(settings):
+        for channel in package.channels(config):
+            if channel.name in built:
+                raise ValueError(f"two channels are named {channel.name!r}")
+            built[channel.name] = channel
+    return built
+
+
+@functools.lru_cache(maxsize=4)
+def phone_channels(settings: Settings) -> frozenset[str]:
+    """The channels whose addresses are phone numbers (SMS, an HTTP SMS gateway): a message's sender
+    there is the resident's phone."""
+    return frozenset(name for name, channel in build_channels(settings).items() if channel.phone_addresses)
+
+
+def sandboxes(settings: Settings) -> list[Sandbox]:
+    """The loopback fakes of the channels that talk to one (no account or URL configured)."""
+    return [s for package, config in _configured(settings) if (s := package.sandbox(config)) is not None]

@@ -1,55 +1,77 @@
-"""The outbox: every outgoing message is a row first and a provider call second.
+"""The way out: every outgoing message — a reply, a task alert, a broadcast notice — is a row of
+`deliveries` first and a provider call second.
 
-A row moves pending → sending → sent → delivered | undelivered | failed. Claiming a row is one
-conditional UPDATE, so two workers holding the same id can never both send it. A row found
-stuck in `sending` (its worker died mid-call) is reconciled with the provider before it is
-retried, so a crash does not make a resident receive the same SMS twice. (Telegram cannot list
-sent messages: a chat message cut off mid-call is sent again.)
+A row moves pending → sending → sent → delivered | undelivered | failed (or cancelled while still
+pending). Its id goes to its channel's lane (`gateway.delivery.lanes`): an rq queue per channel and
+priority, `send:<channel>:urgent` for replies and alerts, `send:<channel>:bulk` for broadcasts, each
+served by that channel's own sender process. Jobs carry ids only: never phone numbers or text,
+which would otherwise sit in Redis for a week in the failed-job registry. The store, not rq, is the
+source of truth: the sweeper hands a lane whatever is still pending when its job was lost.
+Delivery reports (`apply_reports`) move a row forward only, whatever order they arrive in.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import Protocol
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+import redis
+from rq import Queue
+from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy.orm import Session
 
-from adapters import SendError
-from gateway.logs import mask
-from gateway.store import ContactRow, OutboxRow, utcnow
+from adapters import DeliveryStatus
+from gateway.queues import JOB_OPTIONS
+from gateway.store import ContactRow, DeliveryRow, utcnow
 from gateway.world import SMS
 
-log = logging.getLogger(__name__)
-
+URGENT, BULK = "urgent", "bulk"
+PRIORITIES = (URGENT, BULK)  # the order a lane serves its queues in
+SEND_JOB = "gateway.roles.jobs.send_job"  # by name: the lane's process imports it, the producers need not
+IDS_PER_JOB = 500  # enough to amortise rq's ~40 Redis round trips per job
 MAX_ATTEMPTS = 6
 CLOCK_SKEW = timedelta(minutes=1)  # between our clock and the provider's
-TERMINAL_STATES = ("delivered", "undelivered", "failed")
-# How far each delivery state has got; a late or repeated report never moves a row backwards.
-STATE_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
-# A provider's delivery status, as the outbox state it means.
-REPORTED_STATE = {"queued": "sending", "accepted": "sending", "sending": "sending", "sent": "sent",
-                  "delivered": "delivered", "read": "delivered", "undelivered": "undelivered", "failed": "failed"}
+UNFINISHED = ("pending", "sending")
+# How far each state has got; a late or repeated report never moves a row backwards.
+STATE_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3,
+              "cancelled": 3}
 
 
-class ChannelSender(Protocol):
-    def send(self, recipient: str, body: str, outbox_id: int, markup: dict | None) -> str: ...
+@dataclass(frozen=True)
+class Queued:
+    """What handing a row to its lane needs: its id, channel and kind."""
 
-    def find_sent(self, recipient: str, body: str, since: datetime) -> str | None: ...
+    id: int
+    channel: str
+    kind: str
 
 
-def queue_message(session: Session, channel: str, recipient: str, body: str,
-                  case_id: int | None = None, markup: dict | None = None) -> OutboxRow:
-    """An outbox row; a chat that blocked our bot is reached by SMS when it shared its number."""
+def queued(rows: Iterable[DeliveryRow]) -> list[Queued]:
+    """The rows, flushed (so they have ids), as lane hand-overs."""
+    return [Queued(row.id, row.channel, row.kind) for row in rows]
+
+
+def priority(kind: str) -> str:
+    """Broadcast notices wait behind replies and task alerts in every lane."""
+    return BULK if kind == "broadcast" else URGENT
+
+
+def lane_queue(channel: str, priority_name: str) -> str:
+    return f"send:{channel}:{priority_name}"
+
+
+def queue_message(session: Session, channel: str, recipient: str, body: str, case_id: int | None = None,
+                  markup: dict | None = None, kind: str = "reply") -> DeliveryRow:
+    """A delivery row; a chat that blocked our bot is reached by SMS when it shared its number."""
     if channel != SMS and session.scalar(select(ContactRow.blocked).where(
             ContactRow.channel == channel, ContactRow.address == recipient)):
         phone = linked_phone(session, channel, recipient)
         if phone:
             channel, recipient, markup = SMS, phone, None
-    row = OutboxRow(channel=channel, recipient=recipient, body=body, case_id=case_id, markup=markup,
-                    state="pending")
+    row = DeliveryRow(kind=kind, channel=channel, recipient=recipient, body=body, case_id=case_id, markup=markup,
+                      state="pending", attempts=0)
     session.add(row)
     return row
 
@@ -63,117 +85,80 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2 ** attempts, 300))
 
 
-def _claim(session: Session, outbox_id: int, now: datetime) -> OutboxRow | None:
-    claimed = session.execute(
-        update(OutboxRow)
-        .where(OutboxRow.id == outbox_id, OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now)
-        .values(state="sending", attempts=OutboxRow.attempts + 1, updated_at=now)
-    ).rowcount
-    session.commit()
-    return session.get(OutboxRow, outbox_id) if claimed else None
-
-
-def deliver(sessions: sessionmaker[Session], senders: dict[str, ChannelSender], ids: list[int],
-            retry_later: Callable[[int, timedelta], None]) -> dict[str, int]:
-    """Send each pending row once; schedule retryable failures; return counts by outcome."""
-    outcome = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
-    with sessions() as session:
-        for outbox_id in ids:
-            row = _claim(session, outbox_id, utcnow())
-            if row is None:
-                outcome["skipped"] += 1
-                continue
-            try:
-                provider_id = senders[row.channel].send(row.recipient, row.body, row.id, row.markup)
-            except SendError as error:
-                outcome[_after_failure(session, row, error, retry_later)] += 1
-            except Exception as error:  # a bug or an unknown channel: fail this row, not the batch
-                log.exception("outbox %s to %s could not be sent", row.id, mask(row.recipient))
-                error = SendError(f"{type(error).__name__}: {error}", retryable=False)
-                outcome[_after_failure(session, row, error, retry_later)] += 1
+def enqueue(connection: redis.Redis, items: Iterable[Queued], delay: timedelta | None = None) -> None:
+    """Hand rows to their lanes, IDS_PER_JOB to a job, urgent and bulk apart."""
+    by_queue: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for item in items:
+        by_queue[item.channel, priority(item.kind)].append(item.id)
+    for (channel, priority_name), ids in by_queue.items():
+        queue = Queue(lane_queue(channel, priority_name), connection=connection)
+        for start in range(0, len(ids), IDS_PER_JOB):
+            args = (channel, ids[start:start + IDS_PER_JOB], priority_name)
+            if delay:
+                queue.enqueue_in(delay, SEND_JOB, *args, **JOB_OPTIONS)
             else:
-                _mark_sent(session, row.id, provider_id)
-                outcome["sent"] += 1
-            session.commit()
-    return outcome
+                queue.enqueue(SEND_JOB, *args, **JOB_OPTIONS)
 
 
-def _after_failure(session: Session, row: OutboxRow, error: SendError,
-                   retry_later: Callable[[int, timedelta], None]) -> str:
-    row.last_error = f"{error.code or ''} {error}".strip()
-    row.updated_at = utcnow()
-    if error.code == "rate_limited":  # waiting our turn (or Telegram's 429) is not a failed attempt
-        row.attempts -= 1
-    if error.retryable and row.attempts < MAX_ATTEMPTS:
-        delay = max(backoff(row.attempts), timedelta(seconds=error.retry_after or 0))
-        row.state, row.next_attempt_at = "pending", row.updated_at + delay
-        log.warning("outbox %s to %s failed (%s); retry in %ss", row.id, mask(row.recipient),
-                    row.last_error, delay.seconds)
-        session.commit()
-        retry_later(row.id, delay)
-        return "retry"
-    row.state = "failed"
-    if error.code == "blocked":  # the user blocked the bot: remember it, never retry, try SMS
-        session.merge(ContactRow(channel=row.channel, address=row.recipient, blocked=True, updated_at=row.updated_at))
-        phone = linked_phone(session, row.channel, row.recipient)
-        if phone:
-            fallback = queue_message(session, SMS, phone, row.body, row.case_id)
-            session.commit()
-            retry_later(fallback.id, timedelta(0))
-    log.error("outbox %s to %s failed for good: %s", row.id, mask(row.recipient), row.last_error)
-    return "failed"
+def lanes_idle(connection: redis.Redis, channels: Iterable[str]) -> bool:
+    """No send job waits in any lane (a lost job is only worth re-creating when nothing is queued)."""
+    return not any(Queue(lane_queue(channel, p), connection=connection).count
+                   for channel in channels for p in PRIORITIES)
 
 
-def _mark_sent(session: Session, outbox_id: int, provider_id: str) -> None:
-    """Conditional, so a delivery report that arrived during the call is not overwritten."""
+def due(session: Session, stale_after: timedelta, held_broadcasts: set[int], limit: int = 10 * IDS_PER_JOB
+        ) -> list[Queued]:
+    """Pending rows whose job should have run by now (rq loses the jobs of a killed worker), except
+    those of broadcasts that may not send now (paused, or in quiet hours)."""
+    query = (select(DeliveryRow.id, DeliveryRow.channel, DeliveryRow.kind)
+             .where(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= utcnow() - stale_after)
+             .order_by(DeliveryRow.id).limit(limit))
+    if held_broadcasts:
+        query = query.where(or_(DeliveryRow.broadcast_id.is_(None), DeliveryRow.broadcast_id.not_in(held_broadcasts)))
+    return [Queued(*row) for row in session.execute(query)]
+
+
+# --- delivery reports -----------------------------------------------------------------------
+
+
+def apply_reports(session: Session, reports: Sequence[DeliveryStatus]) -> None:
+    """Record delivery reports, each moving its row forward only (reports race each other).
+
+    One executemany per target state: a report names our row id where its callback URL carried
+    it, else only the provider's id.
+    """
+    table = DeliveryRow.__table__
+    groups: dict[tuple[str, bool], list[dict]] = defaultdict(list)
+    for report in reports:
+        if STATE_RANK.get(report.status, 0) < STATE_RANK["sent"]:
+            continue  # queued / sending add nothing to our own `sending`
+        groups[report.status, report.delivery_id is not None].append(
+            {"b_id": report.delivery_id, "b_sid": report.provider_id, "b_error": report.error_code})
     now = utcnow()
-    session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id)
-                    .values(provider_id=provider_id, updated_at=now))
-    session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id, OutboxRow.state.in_(("pending", "sending")))
-                    .values(state="sent"))
-    session.expire_all()
+    for (state, by_id), rows in groups.items():
+        earlier = [s for s, rank in STATE_RANK.items() if rank < STATE_RANK[state]]
+        match = table.c.id == bindparam("b_id") if by_id else table.c.provider_id == bindparam("b_sid")
+        session.connection().execute(
+            # OR of equalities, not IN: an expanding IN cannot go into an executemany
+            update(table).where(match, or_(*(table.c.state == s for s in earlier)))
+            .values(state=state, provider_id=func.coalesce(table.c.provider_id, bindparam("b_sid")),
+                    last_error=func.coalesce(bindparam("b_error"), table.c.last_error), updated_at=now),
+            rows)
 
 
-def apply_status(session: Session, outbox_id: int | None, provider_id: str, status: str,
-                 error_code: str | None) -> bool:
-    """Record a delivery report, moving state forward only; False when no row matches."""
-    query = select(OutboxRow).where(
-        OutboxRow.id == outbox_id if outbox_id is not None else OutboxRow.provider_id == provider_id
-    )
-    row = session.scalar(query)
-    if row is None:
+def apply_status(session: Session, report: DeliveryStatus) -> bool:
+    """One delivery report; False when no row is ours."""
+    where = DeliveryRow.id == report.delivery_id if report.delivery_id is not None \
+        else DeliveryRow.provider_id == report.provider_id
+    if session.scalar(select(DeliveryRow.id).where(where)) is None:
         return False
-    state = REPORTED_STATE.get(status)
-    row.provider_id = row.provider_id or provider_id
-    if state and STATE_RANK[state] > STATE_RANK[row.state]:
-        row.state = state
-        row.updated_at = utcnow()
-        if error_code:
-            row.last_error = error_code
+    apply_reports(session, [report])
     return True
 
 
-def reconcile_stuck(session: Session, senders: dict[str, ChannelSender], older_than: timedelta) -> list[int]:
-    """Rows left in `sending` by a dead worker: sent after all, or back to pending for a retry."""
-    cutoff = utcnow() - older_than
-    stuck = session.scalars(select(OutboxRow).where(OutboxRow.state == "sending",
-                                                    OutboxRow.updated_at < cutoff)).all()
-    retry: list[int] = []
-    for row in stuck:
-        provider_id = senders[row.channel].find_sent(row.recipient, row.body, row.updated_at - CLOCK_SKEW)
-        if provider_id:
-            _mark_sent(session, row.id, provider_id)
-        else:
-            row.state, row.next_attempt_at = "pending", utcnow()
-            retry.append(row.id)
-    session.commit()
-    return retry
+def stuck(session: Session, older_than: timedelta, limit: int = 1000) -> list[DeliveryRow]:
+    """Rows left `sending` longer than any provider call takes: their sender died mid-call."""
+    return list(session.scalars(select(DeliveryRow)
+                                .where(DeliveryRow.state == "sending", DeliveryRow.updated_at < utcnow() - older_than)
+                                .order_by(DeliveryRow.id).limit(limit)))
 
-
-def due_rows(session: Session, stale_after: timedelta, limit: int = 1000) -> list[int]:
-    """Pending rows whose job should have run by now (rq loses jobs when a worker dies)."""
-    now = utcnow()
-    query = (select(OutboxRow.id)
-             .where(OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now - stale_after)
-             .order_by(OutboxRow.id).limit(limit))
-    return list(session.scalars(query))

@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from classifiers import Classification
+from gateway import metrics
 from gateway.config import Settings
 from gateway.domain import replies
 from gateway.domain.city import City
@@ -108,6 +109,7 @@ def open_case(session: Session, *, city: City, settings: Settings, channel: str,
     session.flush()
     session.add(CaseEventRow(case_id=case.id, at=now, actor="gateway", from_state=None,
                              to_state="received", note=f"queue={case.queue}"))
+    metrics.case_opened(case.queue, verdict.confidence)
     return case
 
 

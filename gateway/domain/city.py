@@ -8,12 +8,15 @@ Every problem is reported by file, row and column, and nothing is returned unles
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+from adapters.phones import NotAPhoneNumber, to_e164
+from gateway.strict import BadValue, integer
+
+# Telegram chat ids are up to 52 bits, negative for groups (Bot API docs, "Chat").
+CHAT_ID_RANGE = (-(2**52), 2**52)
 GRID_ROLES = ("grid_leader", "grid_worker", "volunteer", "community_officer", "street_officer")
 WORKER_ROLES = (*GRID_ROLES, "dept_staff")
 CHANNELS = ("sms", "telegram")
@@ -157,42 +160,66 @@ class CityImportError(Exception):
 class _Reader:
     """Collects problems while rows are converted, so one run reports every bad cell."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, region: str):
         self.folder = folder
+        self.region = region
         self.problems: list[str] = []
 
-    def rows(self, filename: str, columns: tuple[str, ...]) -> Iterable[tuple[int, dict[str, str]]]:
+    def rows(self, filename: str, columns: tuple[str, ...],
+             required: tuple[str, ...] = ()) -> Iterable[tuple[int, dict[str, str]]]:
+        """Each record as (row number, header → value); a quoting error, a record with too many or
+        too few fields, or a blank `required` value is a problem at file:row:column, and the record
+        is skipped. Row 1 is the header; a quoted field spanning lines is still one row."""
         path = self.folder / filename
         if not path.is_file():
             self.problems.append(f"{filename}: file is missing")
             return
+        row_number = 1
         try:
             with path.open(encoding="utf-8-sig", newline="") as handle:
-                reader = csv.DictReader(handle)
-                missing = [c for c in columns if c not in (reader.fieldnames or [])]
+                reader = csv.reader(handle, strict=True)
+                header = [name.strip() for name in next(reader, [])]
+                missing = [c for c in columns if c not in header]
                 if missing:
                     self.problems.append(f"{filename}:1: missing column(s) {', '.join(missing)}")
                     return
-                for row_number, row in enumerate(reader, start=2):
-                    yield row_number, {k: (v or "").strip() for k, v in row.items() if k}
+                for row_number, values in enumerate(reader, start=2):
+                    if len(values) != len(header):
+                        where = header[len(values)] if len(values) < len(header) else f"{len(header) + 1}"
+                        self.fail(filename, row_number, where, f"expected {len(header)} fields, found {len(values)}")
+                        continue
+                    row = {name: value.strip() for name, value in zip(header, values, strict=True)}
+                    blank = [name for name in required if not row[name]]
+                    for name in blank:
+                        self.fail(filename, row_number, name, "is empty")
+                    if not blank:
+                        yield row_number, row
+        except csv.Error as error:  # an unclosed quote runs to the end of the file
+            self.fail(filename, row_number + 1, "1", f"bad CSV quoting: {error}")
         except UnicodeDecodeError as exc:
             self.problems.append(f"{filename}: not UTF-8 ({exc.reason} at byte {exc.start})")
 
     def fail(self, filename: str, row: int, column: str, message: str) -> None:
         self.problems.append(f"{filename}:{row}:{column}: {message}")
 
-    def required(self, filename: str, row_number: int, row: dict[str, str], column: str) -> str:
-        value = row[column]
-        if not value:
-            self.fail(filename, row_number, column, "is empty")
-        return value
-
     def convert(self, filename: str, row_number: int, column: str, value: str, parse: Callable):
         try:
             return parse(value)
+        except BadValue as bad:
+            self.fail(filename, row_number, column, f"{value!r}: {bad.reason}")
         except ValueError:
             self.fail(filename, row_number, column, f"{value!r} is not valid")
-            return None
+        return None
+
+    def phone(self, filename: str, row_number: int, raw: str, seen: set[str]) -> str:
+        """The number as E.164, read in the city's region when it has no country code; unique."""
+        try:
+            phone = to_e164(raw, self.region)
+        except NotAPhoneNumber as bad:
+            self.fail(filename, row_number, "phone", f"{raw!r} is not a phone number: {bad}")
+            return raw
+        self.unique(filename, row_number, "phone", phone, seen)
+        return phone
 
     def unique(self, filename: str, row_number: int, column: str, value: str, seen: set) -> None:
         if value in seen:
@@ -205,22 +232,28 @@ def _split(value: str) -> tuple[str, ...]:
 
 
 def _chat_id(value: str) -> int | None:
-    return int(value) if value else None
+    return integer(value, "a Telegram chat id", *CHAT_ID_RANGE) if value else None
 
 
-def load_city(folder: str | Path) -> City:
-    """Read and validate the seven CSV files of a city; raise CityImportError listing every problem."""
-    r = _Reader(Path(folder))
+def _birth_year(value: str) -> int | None:
+    return integer(value, "a birth year", 1880, 2100) if value else None
+
+
+def load_city(folder: str | Path, region: str = "CN") -> City:
+    """Read and validate the seven CSV files of a city; raise CityImportError listing every problem.
+    Phone numbers without a country code are read as numbers of `region` and stored as E.164."""
+    r = _Reader(Path(folder), region)
     grids = _load_grids(r)
     departments: dict[str, Department] = {}
-    for n, row in r.rows("departments.csv", ("code", "name", "name_en", "level", "phone")):
-        code = r.required("departments.csv", n, row, "code")
+    for n, row in r.rows("departments.csv", ("code", "name", "name_en", "level", "phone"), ("code", "name")):
+        code = row["code"]
         r.unique("departments.csv", n, "code", code, set(departments))
-        departments[code] = Department(code, row["name"], row["name_en"], row["level"], row["phone"])
+        phone = r.phone("departments.csv", n, row["phone"], set()) if row["phone"] else ""
+        departments[code] = Department(code, row["name"], row["name_en"], row["level"], phone)
     categories: dict[str, Category] = {}
     cat_columns = ("code", "name", "name_en", "department_code", "sla_hours", "description", "description_en")
-    for n, row in r.rows("categories.csv", cat_columns):
-        code = r.required("categories.csv", n, row, "code")
+    for n, row in r.rows("categories.csv", cat_columns, ("code", "name", "department_code", "sla_hours")):
+        code = row["code"]
         r.unique("categories.csv", n, "code", code, set(categories))
         if row["department_code"] not in departments:
             r.fail("categories.csv", n, "department_code", f"unknown department {row['department_code']!r}")
@@ -228,8 +261,8 @@ def load_city(folder: str | Path) -> City:
         categories[code] = Category(code, row["name"], row["name_en"], row["department_code"], sla or 0,
                                     row["description"], row["description_en"])
     appeal_types: dict[str, AppealType] = {}
-    for n, row in r.rows("appeal_types.csv", ("code", "name", "name_en", "description")):
-        code = r.required("appeal_types.csv", n, row, "code")
+    for n, row in r.rows("appeal_types.csv", ("code", "name", "name_en", "description"), ("code", "name")):
+        code = row["code"]
         r.unique("appeal_types.csv", n, "code", code, set(appeal_types))
         appeal_types[code] = AppealType(code, row["name"], row["name_en"], row["description"])
     places = _load_places(r, grids)
@@ -242,21 +275,18 @@ def load_city(folder: str | Path) -> City:
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError(value)
-    return number
+    return integer(value, "a number of hours", 1, 24 * 365)
 
 
 def _load_grids(r: _Reader) -> dict[str, Grid]:
     grids: dict[str, Grid] = {}
-    for n, row in r.rows("grids.csv", ("code", "level", "name", "name_en", "parent_code", "households")):
-        code = r.required("grids.csv", n, row, "code")
+    for n, row in r.rows("grids.csv", ("code", "level", "name", "name_en", "parent_code", "households"),
+                         ("code", "level", "name")):
+        code = row["code"]
         r.unique("grids.csv", n, "code", code, set(grids))
-        level = r.convert("grids.csv", n, "level", row["level"], int)
-        if level is not None and level not in (0, 1, 2, 3):
-            r.fail("grids.csv", n, "level", f"{level} is not one of 0-3")
-        households = r.convert("grids.csv", n, "households", row["households"] or "0", int)
+        level = r.convert("grids.csv", n, "level", row["level"], lambda raw: integer(raw, "level", 0, 3))
+        households = r.convert("grids.csv", n, "households", row["households"] or "0",
+                               lambda raw: integer(raw, "households", 0, 10**7))
         parent = row["parent_code"] or None
         if parent and parent not in grids:
             r.fail("grids.csv", n, "parent_code", f"unknown or later parent {parent!r}")
@@ -272,29 +302,22 @@ def _load_grids(r: _Reader) -> dict[str, Grid]:
 def _load_places(r: _Reader, grids: dict[str, Grid]) -> list[Place]:
     places: list[Place] = []
     names: set[str] = set()
-    for n, row in r.rows("places.csv", ("name", "aliases", "kind", "grid_code", "name_en")):
-        name = r.required("places.csv", n, row, "name")
+    for n, row in r.rows("places.csv", ("name", "aliases", "kind", "grid_code", "name_en"), ("name", "kind")):
+        name = row["name"]
         r.unique("places.csv", n, "name", name, names)
         grid = grids.get(row["grid_code"])
         if grid is None or grid.level != 3:
             r.fail("places.csv", n, "grid_code", f"{row['grid_code']!r} is not a level-3 grid")
-        r.required("places.csv", n, row, "kind")
         places.append(Place(name, _split(row["aliases"]), row["kind"], row["grid_code"], row["name_en"]))
     return places
-
-
-def _check_phone(r: _Reader, filename: str, n: int, phone: str, phones: set[str]) -> None:
-    if not PHONE_RE.match(phone):
-        r.fail(filename, n, "phone", f"{phone!r} is not an E.164 number")
-    r.unique(filename, n, "phone", phone, phones)
 
 
 def _load_workers(r: _Reader, grids: dict[str, Grid], departments: dict[str, Department],
                   phones: set[str]) -> dict[str, Worker]:
     workers: dict[str, Worker] = {}
     columns = ("id", "name", "role", "grid_code", "department_code", "phone", "telegram_chat_id", "languages")
-    for n, row in r.rows("workers.csv", columns):
-        worker_id = r.required("workers.csv", n, row, "id")
+    for n, row in r.rows("workers.csv", columns, ("id", "name", "role", "phone")):
+        worker_id = row["id"]
         r.unique("workers.csv", n, "id", worker_id, set(workers))
         role = row["role"]
         if role not in WORKER_ROLES:
@@ -303,10 +326,10 @@ def _load_workers(r: _Reader, grids: dict[str, Grid], departments: dict[str, Dep
             r.fail("workers.csv", n, "department_code", f"unknown department {row['department_code']!r}")
         if role in GRID_ROLES and row["grid_code"] not in grids:
             r.fail("workers.csv", n, "grid_code", f"unknown grid {row['grid_code']!r}")
-        _check_phone(r, "workers.csv", n, row["phone"], phones)
+        phone = r.phone("workers.csv", n, row["phone"], phones)
         chat = r.convert("workers.csv", n, "telegram_chat_id", row["telegram_chat_id"], _chat_id)
         workers[worker_id] = Worker(worker_id, row["name"], role, row["grid_code"] or None,
-                                    row["department_code"] or None, row["phone"], chat,
+                                    row["department_code"] or None, phone, chat,
                                     _split(row["languages"]) or ("zh",))
     return workers
 
@@ -315,20 +338,20 @@ def _load_residents(r: _Reader, grids: dict[str, Grid], phones: set[str]) -> dic
     residents: dict[str, Resident] = {}
     columns = ("id", "name", "phone", "grid_code", "address", "tags", "preferred_channel",
                "telegram_chat_id", "language", "birth_year")
-    for n, row in r.rows("residents.csv", columns):
-        resident_id = r.required("residents.csv", n, row, "id")
+    for n, row in r.rows("residents.csv", columns, ("id", "name", "phone", "grid_code")):
+        resident_id = row["id"]
         r.unique("residents.csv", n, "id", resident_id, set(residents))
         grid = grids.get(row["grid_code"])
         if grid is None or grid.level != 3:
             r.fail("residents.csv", n, "grid_code", f"{row['grid_code']!r} is not a level-3 grid")
-        _check_phone(r, "residents.csv", n, row["phone"], phones)
+        phone = r.phone("residents.csv", n, row["phone"], phones)
         channel = row["preferred_channel"] or "sms"
         if channel not in CHANNELS:
             r.fail("residents.csv", n, "preferred_channel",
                    f"{channel!r} is not one of {', '.join(CHANNELS)}")
         chat = r.convert("residents.csv", n, "telegram_chat_id", row["telegram_chat_id"], _chat_id)
-        birth = r.convert("residents.csv", n, "birth_year", row["birth_year"], _chat_id)
-        residents[resident_id] = Resident(resident_id, row["name"], row["phone"], row["grid_code"],
+        birth = r.convert("residents.csv", n, "birth_year", row["birth_year"], _birth_year)
+        residents[resident_id] = Resident(resident_id, row["name"], phone, row["grid_code"],
                                           row["address"], _split(row["tags"]), channel, chat,
                                           row["language"] or "zh", birth)
     return residents

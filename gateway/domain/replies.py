@@ -5,6 +5,12 @@ Kept in one table so wording can be reviewed (and later translated) without read
 
 from __future__ import annotations
 
+# Telegram refuses a message over 4,096 characters (Bot API, sendMessage `text`): whatever a person
+# wrote is quoted in others' messages at most EXCERPT characters long, with where to read the rest.
+TELEGRAM_LIMIT = 4096
+EXCERPT = 1000
+QUOTE = 3000  # a worker's note or question quoted to a resident, whose bot has no /case
+
 TEMPLATES: dict[str, dict[str, str]] = {
     "ack_routed": {
         "zh": "您的诉求已受理，编号{number}。分类：{category}；{area}。处理部门：{department}。{assignee}"
@@ -133,7 +139,8 @@ WORKER_TEMPLATES: dict[str, str] = {
     "log_to_case": "已将民情日志#{id}立案，编号{number}。",
     "hello": "您好，{name}（{role}）。任务会推送到这里；/tasks 查看待办，/log 记录民情日志。",
     "stranger": "您好，此机器人仅供登记在册的网格工作人员使用。居民请使用居民服务机器人。",
-    "help": "点击任务下方的按钮办理；/tasks 查看待办；/log 内容 记录民情日志。",
+    "help": "点击任务下方的按钮办理；/tasks 查看待办；/case 编号 查看案件全文；/log 内容 记录民情日志。",
+    "case_text": "案件{number}全文（{part}/{parts}）：\n{text}",
 }
 ROLE_NAMES = {"grid_leader": "网格长", "grid_worker": "专职网格员", "volunteer": "兼职网格员",
               "community_officer": "社区干部", "street_officer": "街道干部", "dept_staff": "部门工作人员"}
@@ -169,3 +176,15 @@ def worker_text(key: str, **fields: object) -> str:
 
 def role_name(role: str, language: str) -> str:
     return (ROLE_NAMES_EN if language == "en" else ROLE_NAMES).get(role, role)
+
+
+def excerpt(text: str, number: str, limit: int = EXCERPT) -> str:
+    """At most `limit` characters of what a person wrote, then how long it was and where the rest is."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"…（共{len(text)}字，全文：/case {number}）"
+
+
+def clip(text: str, limit: int = QUOTE) -> str:
+    """`text` cut to at most `limit` characters, the cut marked."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"

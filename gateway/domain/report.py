@@ -31,8 +31,7 @@ import statistics
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
@@ -187,13 +186,6 @@ def scope(city: City, *, within: str | None = None, department: str | None = Non
             raise KeyError(f"no department {department!r} in the city")
         conditions.append(CaseRow.department == department)
     return and_(*conditions) if conditions else None
-
-
-def since_utc(moment: datetime, timezone: str) -> datetime:
-    """A `--since` as leaders mean it (local wall time unless it carries an offset) in the store's naive UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(timezone))
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.delivery.outbox import queue_message
@@ -23,7 +23,7 @@ from gateway.domain import cases, desk, replies
 from gateway.domain.cases import IllegalTransition, transition
 from gateway.domain.city import City, Worker
 from gateway.domain.intents import normalise
-from gateway.store import CaseAttachmentRow, CaseRow, OpinionLogRow, OutboxRow, WorkerPromptRow
+from gateway.store import CaseAttachmentRow, CaseRow, DeliveryRow, OpinionLogRow, WorkerPromptRow
 from gateway.world import WORKER_BOT, World
 
 
@@ -31,6 +31,7 @@ class NobodyAbove(IllegalTransition):
     """An escalation with no level above the case's holder that has someone to take it."""
 
 
+ALERT_ATTACHMENTS = 5  # listed in a task alert; with the excerpt this keeps it far under Telegram's limit
 RATING_WORDS = {"满意": 5, "基本满意": 4, "不满意": 1}
 DISSATISFIED = 2  # this rating or lower reopens a case (once)
 
@@ -44,19 +45,23 @@ def task_buttons(number: str) -> list[list[tuple[str, str]]]:
 
 
 def message_worker(session: Session, worker: Worker, text: str, case_id: int | None = None,
-                   buttons: list[list[tuple[str, str]]] | None = None) -> OutboxRow:
-    """On the workers' bot where the worker has Telegram, else by SMS (without buttons)."""
+                   buttons: list[list[tuple[str, str]]] | None = None) -> DeliveryRow:
+    """On the workers' bot where the worker has Telegram (by SMS, without buttons, should the chat
+    refuse it), else by SMS."""
     if worker.telegram_chat_id is not None:
         markup = {"inline": buttons} if buttons else None
-        return queue_message(session, WORKER_BOT, str(worker.telegram_chat_id), text, case_id, markup)
-    return queue_message(session, "sms", worker.phone, text, case_id)
+        row = queue_message(session, WORKER_BOT, str(worker.telegram_chat_id), text, case_id, markup, kind="alert")
+        row.fallback_phone = worker.phone
+        return row
+    return queue_message(session, "sms", worker.phone, text, case_id, kind="alert")
 
 
-def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -> list[OutboxRow]:
+def tell_resident(session: Session, case: CaseRow, key: str, **fields: object) -> list[DeliveryRow]:
     """The reporter, on the channel they used; nobody for a case a worker opened from the log."""
     if case.channel == WORKER_BOT:
         return []
-    body = replies.render(key, case.language, number=case.number, **fields)
+    quoted = {name: replies.clip(value) if isinstance(value, str) else value for name, value in fields.items()}
+    body = replies.render(key, case.language, number=case.number, **quoted)
     return [queue_message(session, case.channel, case.reporter, body, case.id)]
 
 
@@ -65,14 +70,17 @@ def _case_fields(world: World, case: CaseRow) -> dict[str, str]:
     return {
         "number": case.number, "category": cases.category_label(city, case.category, "zh"),
         "place": case.place or cases.grid_label(city, case.grid_code, "zh") or "待核实",
-        "text": case.text, "deadline": cases.local_time(case.escalate_at or case.deadline, world.settings.timezone),
+        "text": replies.excerpt(case.text, case.number),
+        "deadline": cases.local_time(case.escalate_at or case.deadline, world.settings.timezone),
     }
 
 
-def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[OutboxRow]:
+def alert(session: Session, world: World, worker: Worker, case: CaseRow) -> list[DeliveryRow]:
     """A task alert with the action buttons, photos and location attached to the case listed."""
     attachments = session.scalars(select(CaseAttachmentRow).where(CaseAttachmentRow.case_id == case.id)).all()
-    extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)}" for a in attachments)
+    extra = "".join(f"\n附件：{a.kind} {_attachment_text(a)[:200]}" for a in attachments[:ALERT_ATTACHMENTS])
+    if len(attachments) > ALERT_ATTACHMENTS:
+        extra += f"\n另有{len(attachments) - ALERT_ATTACHMENTS}个附件"
     text = replies.worker_text("alert", **_case_fields(world, case), extra=extra)
     return [message_worker(session, worker, text, case.id, task_buttons(case.number))]
 
@@ -107,7 +115,7 @@ def officer_at(world: World, case: CaseRow, level: int) -> Worker | None:
     return grid_team(city, unit.code if unit else None, {2: "community_officer", 1: "street_officer"}[level])
 
 
-def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[OutboxRow]:
+def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[DeliveryRow]:
     """A new case goes to its grid worker, or to the triage desk when it could not be routed."""
     first = grid_team(world.city, case.grid_code, "grid_worker") if case.queue == "routed" else None
     if first is None:
@@ -115,21 +123,21 @@ def route(session: Session, world: World, case: CaseRow, now: datetime) -> list[
     return assign(session, world, case, first, "gateway", now, tell=False)
 
 
-def tell_triage(session: Session, world: World, case: CaseRow) -> list[OutboxRow]:
+def tell_triage(session: Session, world: World, case: CaseRow) -> list[DeliveryRow]:
     staff = department_staff(world.city, world.settings.triage_department)
     if staff is None:
         return []
     why = "地点不明" if case.grid_code is None else "分类把握不足"
     suggestions = "；".join(f"{s['category']}({s['score']:.2f})" for s in case.triage_notes.get("suggestions", []))
     candidates = case.triage_notes.get("grid_candidates") or []
-    text = replies.worker_text("triage", number=case.number, why=why, text=case.text,
+    text = replies.worker_text("triage", number=case.number, why=why, text=replies.excerpt(case.text, case.number),
                                suggestions=(suggestions or "无") + (f"；候选网格：{'、'.join(candidates)}"
                                                                      if candidates else ""))
     return [message_worker(session, staff, text, case.id)]
 
 
 def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor: str, now: datetime,
-           *, tell: bool = True) -> list[OutboxRow]:
+           *, tell: bool = True) -> list[DeliveryRow]:
     """Give the case to `worker`, alert them, inform the grid leader, and (unless the
     acknowledgement already said so) tell the resident."""
     transition(session, case, "assigned", actor, f"to {worker.id}", now)
@@ -151,7 +159,7 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
 
 
 def settle(session: Session, world: World, case: CaseRow, actor: str, now: datetime, *,
-           category: str | None = None, grid: str | None = None, worker: Worker | None = None) -> list[OutboxRow]:
+           category: str | None = None, grid: str | None = None, worker: Worker | None = None) -> list[DeliveryRow]:
     """The triage desk settles what the classifier could not (category, grid), then assigns:
     the named worker, else the grid's worker, else the department's staff. What the desk settled
     is kept as a labelled example for the classifier (gateway/domain/desk.py)."""
@@ -170,7 +178,7 @@ def settle(session: Session, world: World, case: CaseRow, actor: str, now: datet
 
 
 def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: str,
-             now: datetime) -> list[OutboxRow]:
+             now: datetime) -> list[DeliveryRow]:
     """Move the case up to the next level that has someone to take it, and alert them."""
     level, officer = case.level, None
     while officer is None and level > 0:
@@ -184,7 +192,8 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
     case.escalate_at = now + timedelta(hours=world.settings.escalation_step_hours)
     case.reminded_at = None
     fields = _case_fields(world, case)
-    text = replies.worker_text("escalated_alert", **fields, source=source.name if source else "系统", reason=reason)
+    text = replies.worker_text("escalated_alert", **fields, source=source.name if source else "系统",
+                               reason=replies.excerpt(reason, case.number))
     unit = (world.city.departments[case.department].name if level == 0 and case.department in
             world.city.departments else _unit_name(world.city, case, level))
     return [message_worker(session, officer, text, case.id, task_buttons(case.number)),
@@ -194,6 +203,42 @@ def escalate(session: Session, world: World, case: CaseRow, actor: str, reason: 
 def _unit_name(city: City, case: CaseRow, level: int) -> str:
     unit = city.ancestor_at(case.grid_code, level)
     return unit.name if unit else ""
+
+
+# --- operators' decisions (CLI, API and console alike) ----------------------------------------
+
+
+def reject(session: Session, case: CaseRow, actor: str, reason: str, now: datetime) -> list[DeliveryRow]:
+    """Not the city's matter: the resident is told why, so a reason is required."""
+    if not reason.strip():
+        raise IllegalTransition(case, "rejected", "a rejection needs a reason: the resident is told why")
+    transition(session, case, "rejected", actor, reason, now)
+    return tell_resident(session, case, "rejected", reason=reason)
+
+
+def merge(session: Session, case: CaseRow, into: str, actor: str, now: datetime) -> list[DeliveryRow]:
+    """A duplicate joins the case it repeats; the resident is told to follow that one, so it must
+    exist, be another case, and still be open to follow."""
+    if "merged" not in cases.TRANSITIONS[case.state]:
+        raise IllegalTransition(case, "merged")
+    if into == case.number:
+        raise IllegalTransition(case, "merged", "a case cannot be merged into itself")
+    target = session.scalar(select(CaseRow).where(CaseRow.number == into))
+    if target is None:
+        raise IllegalTransition(case, "merged", f"there is no case {into} to merge it into")
+    if target.state in cases.FINAL_STATES:
+        raise IllegalTransition(case, "merged", f"case {into} is {target.state}: there is nothing to follow there")
+    transition(session, case, "merged", actor, f"into {into}", now)
+    case.merged_into = into
+    return tell_resident(session, case, "merged", into=into)
+
+
+def add_note(session: Session, case: CaseRow, actor: str, note: str, now: datetime) -> None:
+    """An internal note on the case's timeline; its state does not change and nobody is messaged."""
+    if not note.strip():
+        raise IllegalTransition(case, case.state, "a note needs some text")
+    session.add(cases.CaseEventRow(case_id=case.id, at=now, actor=actor, from_state=case.state,
+                                   to_state=case.state, note=f"note: {note}"))
 
 
 # --- the grid workers' bot ------------------------------------------------------------------
@@ -206,7 +251,7 @@ def may_act(worker: Worker, case: CaseRow) -> bool:
 
 
 def worker_button(session: Session, world: World, worker: Worker, chat: str, data: str,
-                  now: datetime) -> list[OutboxRow]:
+                  now: datetime) -> list[DeliveryRow]:
     """A press of one of a task alert's buttons (or of a log entry's "make it a case")."""
     action, _, key = data.partition(":")
     if action == "logcase":
@@ -242,7 +287,7 @@ def check_action(case: CaseRow, action: str) -> None:
 
 
 def worker_reply(session: Session, world: World, worker: Worker, chat: str, text: str,
-                 photo: str | None, now: datetime) -> list[OutboxRow]:
+                 photo: str | None, now: datetime) -> list[DeliveryRow]:
     """Text (or a photo) answering the bot's last question: a note, a reason or a question."""
     prompt = session.get(WorkerPromptRow, chat)
     if prompt is None or prompt.at < now - PROMPT_LIFETIME:
@@ -280,7 +325,19 @@ def worker_reply(session: Session, world: World, worker: Worker, chat: str, text
         return [message_worker(session, worker, replies.worker_text("refused", reason=refused))]
 
 
-def open_tasks(session: Session, world: World, worker: Worker) -> list[OutboxRow]:
+def case_text(session: Session, worker: Worker, number: str) -> list[DeliveryRow]:
+    """`/case <no>`: the whole appeal text, in as many messages as Telegram's limit needs."""
+    case = session.scalar(select(CaseRow).where(CaseRow.number == number.strip()))
+    if case is None or not may_act(worker, case):
+        return [message_worker(session, worker, replies.worker_text("not_yours", number=number.strip()[:20]))]
+    size = replies.TELEGRAM_LIMIT - 100  # room for the heading
+    parts = [case.text[start:start + size] for start in range(0, len(case.text), size)] or [""]
+    return [message_worker(session, worker, replies.worker_text(
+        "case_text", number=case.number, part=n, parts=len(parts), text=part), case.id)
+        for n, part in enumerate(parts, start=1)]
+
+
+def open_tasks(session: Session, world: World, worker: Worker) -> list[DeliveryRow]:
     query = (select(CaseRow).where(CaseRow.assigned_worker_id == worker.id, CaseRow.state.in_(cases.OPEN_STATES))
              .order_by(CaseRow.escalate_at))
     tasks = session.scalars(query).all()
@@ -293,7 +350,7 @@ def open_tasks(session: Session, world: World, worker: Worker) -> list[OutboxRow
     return [message_worker(session, worker, replies.worker_text("tasks", lines=lines))]
 
 
-def write_log(session: Session, worker: Worker, text: str, now: datetime) -> list[OutboxRow]:
+def write_log(session: Session, worker: Worker, text: str, now: datetime) -> list[DeliveryRow]:
     entry = OpinionLogRow(worker_id=worker.id, grid_code=worker.grid_code, text=text, at=now)
     session.add(entry)
     session.flush()
@@ -301,7 +358,7 @@ def write_log(session: Session, worker: Worker, text: str, now: datetime) -> lis
                            [[("立案 Make it a case", f"logcase:{entry.id}")]])]
 
 
-def log_to_case(session: Session, world: World, worker: Worker, entry_id: str, now: datetime) -> list[OutboxRow]:
+def log_to_case(session: Session, world: World, worker: Worker, entry_id: str, now: datetime) -> list[DeliveryRow]:
     entry = session.get(OpinionLogRow, int(entry_id)) if entry_id.isdigit() else None
     if entry is None or entry.worker_id != worker.id or entry.case_id is not None:
         return [message_worker(session, worker, replies.worker_text("refused", reason="该日志不存在或已立案"))]
@@ -326,7 +383,7 @@ def parse_rating(text: str) -> int | None:
     return int(clean) if clean in ("1", "2", "3", "4", "5") else None
 
 
-def rate(session: Session, world: World, case: CaseRow, rating: int, now: datetime) -> list[OutboxRow]:
+def rate(session: Session, world: World, case: CaseRow, rating: int, now: datetime) -> list[DeliveryRow]:
     """The resident's verdict closes the case; a dissatisfied one reopens it once instead."""
     case.rating, case.awaiting = rating, None
     if rating <= DISSATISFIED and case.reopened == 0:
@@ -346,24 +403,24 @@ def rate(session: Session, world: World, case: CaseRow, rating: int, now: dateti
     return tell_resident(session, case, "rated")
 
 
-def answer_question(session: Session, world: World, case: CaseRow, text: str, now: datetime) -> list[OutboxRow]:
+def answer_question(session: Session, world: World, case: CaseRow, text: str, now: datetime) -> list[DeliveryRow]:
     case.awaiting = None
     session.add(cases.CaseEventRow(case_id=case.id, at=now, actor="resident", from_state=case.state,
                                    to_state=case.state, note=f"answered: {text}"))
     holder = world.city.workers.get(case.assigned_worker_id or "")
     out = tell_resident(session, case, "info_received")
     if holder is not None:
-        out.append(message_worker(session, holder, replies.worker_text("answer", number=case.number, text=text),
-                                  case.id))
+        out.append(message_worker(session, holder, replies.worker_text(
+            "answer", number=case.number, text=replies.excerpt(text, case.number)), case.id))
     return out
 
 
 # --- the clock --------------------------------------------------------------------------------
 
 
-def tick(session: Session, world: World, now: datetime) -> list[OutboxRow]:
+def tick(session: Session, world: World, now: datetime) -> list[DeliveryRow]:
     """Reminders before deadlines, one-level escalation after them, and closing unrated cases."""
-    out: list[OutboxRow] = []
+    out: list[DeliveryRow] = []
     holding = ("assigned", "accepted", "in_progress", "escalated")
     remind_from = now + timedelta(hours=world.settings.reminder_hours)
     due_soon = session.scalars(select(CaseRow).where(
@@ -371,7 +428,11 @@ def tick(session: Session, world: World, now: datetime) -> list[OutboxRow]:
         CaseRow.escalate_at <= remind_from)).all()
     for case in due_soon:
         holder = world.city.workers.get(case.assigned_worker_id or "")
-        case.reminded_at = now
+        # Conditional, so a second clock running at the same moment (two sweepers overlapping
+        # across a lease handover) finds it reminded and sends nothing.
+        if not session.execute(update(CaseRow).where(CaseRow.id == case.id, CaseRow.reminded_at.is_(None))
+                               .values(reminded_at=now)).rowcount:
+            continue
         if holder is not None:
             out.append(message_worker(session, holder, replies.worker_text(
                 "reminder", number=case.number, deadline=cases.local_time(case.escalate_at, world.settings.timezone)),

@@ -41,6 +41,7 @@ from gateway.logs import setup_logging
 from gateway.queues import INBOUND_QUEUE, connect
 from gateway.roles import jobs
 from gateway.store import InboundRow, insert_for, make_engine, session_factory, utcnow
+from gateway.strict import storable
 
 log = logging.getLogger("gateway.roles.intake")  # not __main__ when run with -m
 T = TypeVar("T")
@@ -59,6 +60,34 @@ def encode_frame(value: Any) -> bytes:
     """Raises ValueError for what cannot be sent, such as a lone surrogate in a Telegram text."""
     data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     return len(data).to_bytes(4, "big") + data
+
+
+def encode_batch(frame_id: int, rows: list[list[Any]]) -> bytes:
+    """One frame for a batch of message rows, each message made storable on its own if need be.
+
+    The whole batch is encoded at once (the hot path). Only when that fails, or when it holds a
+    NUL (which PostgreSQL cannot store, and which would fail the group's transaction), is each
+    row encoded alone, its NULs and lone surrogates replaced by U+FFFD: the resident's message
+    is kept and answered, and no neighbour in the frame is failed with it.
+    """
+    try:
+        frame = encode_frame([frame_id, rows])
+        if b"\\u0000" not in frame:  # json.dumps writes NUL as \u0000 even with ensure_ascii off
+            return frame
+    except ValueError:
+        pass
+    data = b"[%d,[" % frame_id + b",".join(_encode_row(row) for row in rows) + b"]]"
+    return len(data).to_bytes(4, "big") + data
+
+
+def _encode_row(row: list[Any]) -> bytes:
+    try:
+        data = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+        if b"\\u0000" not in data:
+            return data
+    except ValueError:
+        pass
+    return json.dumps(storable(row), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class FrameReader:
@@ -149,13 +178,7 @@ class Intake:
         waiting, self._waiting = self._waiting, []
         futures = [future for _, future in waiting]
         frame_id = next(self._frame_ids)
-        try:
-            frame = encode_frame([frame_id, [as_row(message) for message, _ in waiting]])
-        except Exception as bad:  # a lone surrogate in a Telegram text, say: its callers hear it now
-            log.warning("cannot hand %d messages to the intake process: %r", len(waiting), bad)
-            _settle(futures, StoreUnavailable(str(bad)))
-            return
-        batch = Batch(frame, frame_id, futures)
+        batch = Batch(encode_batch(frame_id, [as_row(message) for message, _ in waiting]), frame_id, futures)
         batch.deadline = asyncio.get_running_loop().call_later(self._timeout, self._expire, batch)
         self._unsent.append(batch)
         self._send_unsent()
@@ -421,10 +444,12 @@ class WebProcessConnection(asyncio.Protocol):
 
 class Enqueuer:
     """Queues processing on a thread, after the providers are answered; the ids stored within
-    LINGER are queued together, as few jobs as `jobs.enqueue_inbound` makes of them."""
+    LINGER are queued together, as few jobs as `jobs.enqueue_inbound` makes of them. A failure here
+    never reaches a provider: the messages are stored, and the sweeper queues unprocessed rows."""
 
     def __init__(self, enqueue: Callable[[list[int]], None]):
         self._enqueue = enqueue
+        self._failing = False  # logged once per failure streak: an outage is not a flood of tracebacks
         self._ids: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="intake-enqueuer")
         self._thread.start()
@@ -446,8 +471,14 @@ class Enqueuer:
                 ids += more or []
             try:
                 self._enqueue(ids)
-            except Exception:  # Redis away: the rows are safe, the sweeper queues what is not
-                log.exception("enqueueing %d inbound messages failed; the sweeper will retry", len(ids))
+            except Exception:  # Redis away: the rows are stored and answered, the sweeper queues them
+                if not self._failing:
+                    log.exception("queueing stored messages failed; the sweeper queues them once Redis is back")
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("queueing stored messages works again")
+                self._failing = False
             if closing:
                 return
 

@@ -1,26 +1,29 @@
 """rq job entry points. Jobs carry row ids only: never phone numbers or text, which would
-otherwise sit in Redis for a year in the failed-job registry."""
+otherwise sit in Redis for a week in the failed-job registry."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cache, cached_property
 
+import redis
 from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
+from broadcasts.fanout import BroadcastLaneRules, fan_out
 from classifiers import build_classifier
 from gateway import pipeline
 from gateway.config import Settings, load_settings
 from gateway.delivery import outbox
-from gateway.delivery.channels import build_senders
+from gateway.delivery.channels import build_channels
+from gateway.delivery.lanes import Lane
 from gateway.domain import workflow
-from gateway.queues import OUTBOUND_QUEUE, connect, queues
+from gateway.queues import BROADCAST_QUEUE, JOB_OPTIONS, connect, queues
 from gateway.store import load_city_from_store, make_engine, session_factory, utcnow
 from gateway.world import World
 
-JOB_OPTIONS = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600}
 IDS_PER_JOB = 500  # a job's worth of messages: enough to amortise rq's ~40 round trips
 
 
@@ -28,8 +31,8 @@ IDS_PER_JOB = 500  # a job's worth of messages: enough to amortise rq's ~40 roun
 class WorkerContext:
     settings: Settings
     sessions: sessionmaker[Session]
+    connection: redis.Redis
     queues: dict[str, Queue]
-    senders: dict[str, outbox.ChannelSender]
 
     @cached_property
     def world(self) -> World:
@@ -50,19 +53,12 @@ def context() -> WorkerContext:
     settings = load_settings()
     sessions = session_factory(make_engine(settings.sqlalchemy_url))
     connection = connect(settings.redis_url)
-    return WorkerContext(settings, sessions, queues(connection), build_senders(settings, connection))
+    return WorkerContext(settings, sessions, connection, queues(connection))
 
 
 def enqueue_inbound(queue: Queue, ids: list[int]) -> None:
     for start in range(0, len(ids), IDS_PER_JOB):
         queue.enqueue(process_inbound_job, ids[start:start + IDS_PER_JOB], **JOB_OPTIONS)
-
-
-def enqueue_delivery(queue: Queue, ids: list[int], delay: timedelta | None = None) -> None:
-    if delay:
-        queue.enqueue_in(delay, deliver_job, ids, **JOB_OPTIONS)
-    else:
-        queue.enqueue(deliver_job, ids, **JOB_OPTIONS)
 
 
 def enqueue_tick(queue: Queue, at: datetime | None = None) -> None:
@@ -77,24 +73,51 @@ def tick_job(at: str | None = None) -> None:
     ctx = context()
     now = datetime.fromisoformat(at) if at else utcnow()
     with ctx.sessions() as session, session.begin():
-        queued = workflow.tick(session, ctx.world, now)
+        rows = workflow.tick(session, ctx.world, now)
         session.flush()
-        outbox_ids = [row.id for row in queued]
-    if outbox_ids:
-        enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], outbox_ids)
+        outgoing = outbox.queued(rows)
+    outbox.enqueue(ctx.connection, outgoing)
 
 
 def process_inbound_job(ids: list[int]) -> None:
     ctx = context()
     ctx.world.classifier.refresh()  # a model promoted since the last job is used from this one on
-    outbox_ids = pipeline.process_inbound(ctx.sessions, ctx.world, ids)
-    if outbox_ids:
-        enqueue_delivery(ctx.queues[OUTBOUND_QUEUE], outbox_ids)
+    outbox.enqueue(ctx.connection, pipeline.process_inbound(ctx.sessions, ctx.world, ids))
 
 
-def deliver_job(ids: list[int]) -> None:
+def enqueue_fanout(queue: Queue, broadcast_id: int) -> None:
+    queue.enqueue(fanout_job, broadcast_id, **JOB_OPTIONS)
+
+
+def fanout_job(broadcast_id: int) -> None:
+    """A few pages of a broadcast's audience become deliveries; the rest is the next job's."""
     ctx = context()
-    queue = ctx.queues[OUTBOUND_QUEUE]
-    outbox.deliver(ctx.sessions, ctx.senders, ids,
-                   retry_later=lambda outbox_id, delay: enqueue_delivery(queue, [outbox_id], delay))
+    if not fan_out(ctx.settings, ctx.sessions, ctx.connection, broadcast_id):
+        enqueue_fanout(ctx.queues[BROADCAST_QUEUE], broadcast_id)
 
+
+@dataclass
+class LaneProcess:
+    """A sender process's lane and the event loop it runs on, kept across jobs so the channel's
+    connections are reused (aiohttp and httpx clients belong to the loop that made them)."""
+
+    lane: Lane
+    loop: asyncio.AbstractEventLoop
+
+
+@cache
+def lane_process(channel: str) -> LaneProcess:
+    ctx = context()
+    s = ctx.settings
+    lane = Lane(build_channels(s)[channel], ctx.sessions, ctx.connection, concurrency=s.broadcast_concurrency,
+                sms_signature=s.sms_signature, broadcasts=BroadcastLaneRules(s))
+    return LaneProcess(lane, asyncio.new_event_loop())
+
+
+def send_job(channel: str, ids: list[int], priority: str) -> None:
+    """Send deliveries on `channel`'s lane; what the time budget left goes to the back of its queue."""
+    here = lane_process(channel)
+    leftover = here.loop.run_until_complete(here.lane.run(ids, priority))
+    if leftover:
+        Queue(outbox.lane_queue(channel, priority), connection=context().connection).enqueue(
+            send_job, channel, leftover, priority, **JOB_OPTIONS)

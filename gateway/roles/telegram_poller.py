@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 from adapters import SendError
-from adapters.telegram import TelegramClient
+from adapters.telegram import WEBHOOK_PATH, TelegramClient
 from gateway.config import Settings, load_settings
 from gateway.logs import setup_logging
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def forward(settings: Settings, bot: str, update: dict) -> None:
     request = urllib.request.Request(
-        f"http://{settings.host}:{settings.port}/webhooks/telegram/{bot}", data=json.dumps(update).encode(),
+        f"http://{settings.host}:{settings.port}" + WEBHOOK_PATH.format(bot=bot), data=json.dumps(update).encode(),
         headers={"Content-Type": "application/json",
                  "X-Telegram-Bot-Api-Secret-Token": settings.telegram_webhook_secret})
     with urllib.request.urlopen(request, timeout=15):

@@ -7,6 +7,9 @@ Schema changes go through Alembic (`gateway/store/migrations`); `migrate()` brin
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -127,9 +131,10 @@ class InboundRow(Base):
     __table_args__ = (
         UniqueConstraint("channel", "provider_id", name="uq_inbound_provider_id"),
         Index("ix_inbound_unprocessed", "processed_at"),
+        Index("ix_inbound_case", "case_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
     provider_id: Mapped[str] = mapped_column(String(64))
     sender: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
@@ -146,7 +151,7 @@ class CaseRow(Base):
     __tablename__ = "cases"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str] = mapped_column(String(16), unique=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
     reporter: Mapped[str] = mapped_column(String(64), index=True)  # phone or chat id
     resident_id: Mapped[str | None] = mapped_column(String(32))
     language: Mapped[str] = mapped_column(String(8))
@@ -249,17 +254,32 @@ class CaseCounterRow(Base):
     last: Mapped[int] = mapped_column(Integer)
 
 
-class OutboxRow(Base):
-    """An outgoing message: pending → sending → sent → delivered | failed | undelivered."""
+class DeliveryRow(Base):
+    """One outgoing message of any kind: a reply to a resident, a task alert, a broadcast notice.
 
-    __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state_due", "state", "next_attempt_at"),)
+    pending → sending → sent → delivered | undelivered | failed, or cancelled while still pending.
+    Every kind takes the same way out (gateway.delivery); `kind` decides only its priority in its
+    channel's lane. UNIQUE (broadcast_id, resident_id) is what makes a resident get a notice at most
+    once: fan-out may run again after a crash and simply hits the key (NULLs, for the other kinds,
+    never collide).
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("broadcast_id", "resident_id", name="uq_delivery_broadcast_resident"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_deliveries_broadcast", "broadcast_id", "state"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16))
-    recipient: Mapped[str] = mapped_column(String(64))
-    body: Mapped[str] = mapped_column(Text)
-    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # reply, alert or broadcast
+    channel: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(64))  # the channel's address: phone, chat id, ...
+    body: Mapped[str] = mapped_column(Text)  # exactly what goes out (a broadcast SMS with its signature)
     markup: Mapped[dict | None] = mapped_column(JSON)  # chat buttons: {"inline": rows} or {"contact": label}
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    broadcast_id: Mapped[int | None] = mapped_column(Integer)
+    resident_id: Mapped[str | None] = mapped_column(String(32))
+    fallback_phone: Mapped[str | None] = mapped_column(String(32))  # SMS when a chat cannot be reached
     state: Mapped[str] = mapped_column(String(16), default="pending")
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)  # Telegram's repeat per chat
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -273,7 +293,7 @@ class ContactRow(Base):
     """What a phone or chat asked of us: opted out of broadcasts, preferred language, linked phone."""
 
     __tablename__ = "contacts"
-    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     language: Mapped[str | None] = mapped_column(String(8))
@@ -287,6 +307,47 @@ class OperatorTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     worker_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)  # None only for tokens issued before expiry
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class SignInCodeRow(Base):
+    """A one-time console sign-in code sent to an operator's chat or phone; only its hash is kept."""
+
+    __tablename__ = "console_codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    code_hash: Mapped[str] = mapped_column(String(100))  # salt$sha256
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session; the cookie holds the token, the store its hash."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)  # the absolute limit
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class OperatorAuditRow(Base):
+    """Every action an operator takes in the console or the API, and whether it was allowed."""
+
+    __tablename__ = "operator_audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    worker_id: Mapped[str] = mapped_column(String(32), index=True)
+    via: Mapped[str] = mapped_column(String(16))  # console or api
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(Text, default="ok")  # "ok" or the refusal's reason
 
 
 # --- engine, migrations, city import ----------------------------------------------------------
@@ -324,8 +385,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the database to the newest Alembic revision."""
+def migrate(engine: Engine, sms_signature: str = "", revision: str = "head") -> None:
+    """Bring the database to the newest Alembic revision (or to `revision`).
+
+    `sms_signature` is for revision 0004, which moves unsent broadcast SMS into the deliveries table
+    with the signature their sender would have put before them.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -334,7 +399,27 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(here))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        config.attributes["sms_signature"] = sms_signature
+        command.upgrade(config, revision)
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[None]:
+    """One process at a time across hosts, on PostgreSQL: a session advisory lock, released when
+    the block ends or its connection dies. Hosts starting together must not both migrate or import
+    the city. A SQLite file belongs to one host, and SQLite serialises writers itself."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = zlib.crc32(name.encode())
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
 
 
 CITY_TABLES = (GridRow, PlaceRow, DepartmentRow, CategoryRow, AppealTypeRow, WorkerRow, ResidentRow)
