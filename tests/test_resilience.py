@@ -226,10 +226,10 @@ def test_each_role_brings_only_its_children(tmp_path):
     everything = names("all")
     senders = ["sender-sms", "sender-telegram-resident", "sender-telegram-worker"]
     assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", *senders, "sweeper",
-                          "intake", "web-0", "web-1"]
+                          "intake", "web-0", "web-1", "metrics"]  # each host serves its own processes' figures
     external = load_settings({"GRIDLINE_HOME": str(tmp_path), "GRIDLINE_REDIS_URL": "unix:///elsewhere.sock"})
-    assert names("worker,sweeper", external) == ["worker-0", "worker-1", *senders, "sweeper"]
-    assert names("web,intake", external) == ["intake", "web-0", "web-1"]
+    assert names("worker,sweeper", external) == ["worker-0", "worker-1", *senders, "sweeper", "metrics"]
+    assert names("web,intake", external) == ["intake", "web-0", "web-1", "metrics"]
 
 
 @contextlib.contextmanager
