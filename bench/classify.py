@@ -2,7 +2,9 @@
 
 Cold start runs in fresh interpreters: imports, city load, classifier build (jieba dictionary and
 model training included) and the first classification. Throughput pins this process to one core
-and classifies the labelled dev set over and over after a warm-up pass.
+and classifies the labelled dev set over and over after a warm-up pass; then, by length, appeals
+made by joining dev-set appeals up to 70, 200, 500, 1,000 and 3,000 characters (the classifier
+reads at most `READ_LIMIT` characters, so the cost per appeal stops growing).
 
     .venv/bin/python bench/classify.py [--config DIR] [--seconds 5] [--cold-runs 3]
 
@@ -67,6 +69,38 @@ def throughput(config: Path, seconds: float) -> tuple[float, int]:
     return count / (time.perf_counter() - started), count
 
 
+LENGTHS = (70, 200, 500, 1000, 3000)
+
+
+def by_length(config: Path, seconds: float) -> list[tuple[int, float]]:
+    """(length, appeals/s) for appeals of about each length in LENGTHS, one core."""
+    from classifiers import build_classifier
+    from gateway.config import Settings
+    from gateway.domain.city import load_city
+
+    settings = Settings(config_dir=config)
+    classifier = build_classifier(load_city(settings.city_dir), settings)
+    texts = [json.loads(line)["text"] for line in DEV_SET.read_text(encoding="utf-8").splitlines() if line.strip()]
+    figures = []
+    for length in LENGTHS:
+        appeals, start = [], 0
+        for _ in range(50):
+            text = ""
+            while len(text) < length:
+                text += texts[start % len(texts)]
+                start += 1
+            appeals.append(text[:length])
+        for text in appeals:
+            classifier.classify(text, None)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / len(LENGTHS):
+            for text in appeals:
+                classifier.classify(text, None)
+            count += len(appeals)
+        figures.append((length, count / (time.perf_counter() - started)))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config")
@@ -89,6 +123,9 @@ def main() -> None:
         print(f"{name:<42} {value:>10} {goal:>12}  {'yes' if ok else 'NO'}")
     print(f"(best of {args.cold_runs} cold starts; jieba's dictionary cache in the temp dir was "
           f"{'present' if any(Path('/tmp').glob('jieba*.cache')) else 'absent'})")
+    print(f"\n{'characters':>10} {'appeals/s':>10}  (1 core)")
+    for length, rate in by_length(config, args.seconds):
+        print(f"{length:>10,} {rate:>10,.0f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from broadcasts import audience, service
 from broadcasts.audience import GridTree
 from broadcasts.models import BroadcastRow
 from gateway.config import Settings
-from gateway.domain.city import Worker
+from gateway.domain.city import City, Worker
 from gateway.store import utcnow
 from gateway.strict import boolean, known_only, load_json, moment, row_id, text
 
@@ -187,14 +187,12 @@ async def api_action(request: web.Request) -> web.Response:
     return web.json_response(await _in_store(request, work))
 
 
-def add_routes(app: web.Application) -> None:
-    """Called by `gateway.app.create_app` once the gateway's own state is in `app`."""
-    from gateway import app as gateway  # the gateway imports this module, not the other way round
-
-    city = app[gateway.CITY]
-    app[HANDLERS] = Handlers(
-        app[gateway.SETTINGS], app[gateway.SESSIONS],
-        GridTree({code: grid.parent_code for code, grid in city.grids.items()}), gateway.current_operator)
+def add_routes(app: web.Application, settings: Settings, sessions: sessionmaker[Session], city: City,
+               current_operator: Callable[[web.Request], Awaitable[Worker]]) -> None:
+    """Called by `gateway.app.create_app` with what the handlers use of the gateway (this module
+    never imports the app: the app imports it)."""
+    tree = GridTree({code: grid.parent_code for code, grid in city.grids.items()})
+    app[HANDLERS] = Handlers(settings, sessions, tree, current_operator)
     app.router.add_get("/api/broadcasts", api_list)
     app.router.add_post("/api/broadcasts", api_create)
     app.router.add_post("/api/broadcasts/preview", api_preview)

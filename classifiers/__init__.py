@@ -40,6 +40,10 @@ class Classification:
 class Classifier(Protocol):
     def classify(self, text: str, sender: str | None) -> Classification: ...
 
+    def refresh(self) -> bool:
+        """Pick up a newly promoted model, if any (workers call it between jobs)."""
+        ...
+
 
 def build_classifier(city: City, settings: Settings) -> Classifier:
     """The classifier for this deployment, built from its city data and configuration."""

@@ -7,14 +7,23 @@ The resolution rules are the normative ones of the city README:
 3. otherwise the longest name or alias found in the text (longer before shorter);
 4. a bare name shared by several grids (a road without a house number) is ambiguous.
 
+An alias that names a kind of place (人民医院, 镇政府, 一中, "People's Hospital") exists in every
+city: it decides a grid only when the appeal is otherwise known to be about this city (the sender
+is registered here, or the text names one of its areas or another of its places). An appeal that
+names no place of this city gets the sender's grid or none, never a guess.
+
 Everything is derived from the city's places.csv: road segments are recognised by their name
-`<road><lo>-<hi>号[(单号|双号)]`, building rows by `<base><n>号楼` / `<base><lo>-<hi>号楼`. Names are
-found by an exact longest-match scan first (a dictionary keyed by first character); rapidfuzz only
-compares a handful of candidates, and only when nothing matched exactly (typos, homophones).
+`<road><lo>-<hi>号[(单号|双号)]`, building rows by `<base><n>号楼` / `<base><lo>-<hi>号楼`. Besides
+`name_en`, every Chinese name and alias gets its pinyin as a Latin name (翠湖花园 -> cuihuhuayuan);
+Latin names are compared with spaces and punctuation squeezed out, so "Cuihu Huayuan" and
+"cuihuhuayuan" both match. Names are found by an exact longest-match scan first (a dictionary
+keyed by first character). Only when nothing matched exactly: names read the same in pinyin
+(翠湖花圆, homophone typos), then rapidfuzz among a handful of candidates (one wrong character).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -25,13 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz
 
-from classifiers.normalize import normalize
+from classifiers.normalize import normalize, romanize, squeeze
+from classifiers.pinyin import sound_table
 from classifiers.segment import Segmenter
 from gateway.domain.city import Place
 
 _BUILDING_ROW = re.compile(r"^(?P<base>.+?)(?P<lo>\d+)(?:-(?P<hi>\d+))?号楼$")
 _SEGMENT_ROW = re.compile(r"^(?P<road>.+?)(?P<lo>\d+)-(?P<hi>\d+)号(?:\((?P<side>单号|双号)\))?$")
 _SEGMENT_EN = re.compile(r"^(?P<road>.+?) no\. ?\d+")
+_LATIN_LETTER = re.compile(r"[a-z]")
 _SIDE_PARITY = {"单号": 1, "双号": 0}
 
 # Numbers next to a matched name (the text is normalised: digits, lower case).
@@ -39,12 +50,17 @@ _UNIT_AFTER = re.compile(r"(?:小区)?\s*第?(\d+)\s*(?:号楼|号|栋|幢|座|#
 _UNIT_AFTER_EN = re.compile(r"[\s,]*(?:building|bldg\.?|block|tower)\s*(?:no\.?\s*)?(\d+)")
 _UNIT_BEFORE_EN = re.compile(r"(?:building|bldg\.?|block|tower)\s*(?:no\.?\s*)?(\d+)\s*(?:of|in|at|,)?\s*(?:the\s*)?$")
 _HOUSE_AFTER = re.compile(r"\s*第?(\d+)\s*号")
-_HOUSE_AFTER_EN = re.compile(r"[\s,]*(?:(?:near|at|outside|by|opposite|between)\s+)?(?:no\.?|number|#)\s*(\d+)")
+_HOUSE_AFTER_EN = re.compile(r"[\s,]*(?:(?:near|at|outside|by|opposite|between)\s+)?(?:(?:no\.?|number|#)\s*)?(\d+)"
+                             r"(?![\d.:]|\s*(?:st|nd|rd|th|days?|hours?|weeks?|months?|years?|times|am|pm|minutes?)\b)")
 _HOUSE_BEFORE_EN = re.compile(r"(?:no\.?\s*|#)?(\d+)[\s,]*$")
 
 SHORT_ALIAS = 2  # CJK names this short must be a whole jieba word (一小 in 一小时 is not a school)
 FUZZY_MIN_CJK = 4  # shorter names are too easily confused by one wrong character
 FUZZY_MIN_LATIN = 8
+HOMOPHONE_MIN = 3  # syllables; two-syllable homophones are everyday words too often
+PINYIN_MIN = 5  # letters of a derived pinyin name ("hubin"); shorter ones are English words too often
+HOMOPHONE_SCORE = 100.0  # a homophone outranks any one-wrong-character match
+_ADMIN_AND_ORDINALS = set("区镇市县乡第零〇一二两三四五六七八九十0123456789")
 LATIN_CUTOFF = 90.0  # one or two wrong letters in a name of ten or more
 
 
@@ -77,6 +93,7 @@ class Mention:
     end: int
     place: Place | None
     grids: tuple[str, ...]
+    kind_only: bool = False  # named by an alias that names a kind of place (人民医院, 一中)
 
 
 @dataclass(frozen=True)
@@ -87,16 +104,24 @@ class Location:
 
 
 class Gazetteer:
-    def __init__(self, places: Iterable[Place], areas: Iterable[str] = (), segmenter: Segmenter | None = None):
-        """`areas`: names of streets, communities and villages, which are not places of their own."""
+    def __init__(self, places: Iterable[Place], areas: Iterable[str] = (), segmenter: Segmenter | None = None,
+                 place_kinds: Iterable[str] = ()):
+        """`areas`: names of the district, streets, communities and villages (Chinese or English),
+        which are not places of their own but say the appeal is about this city. `place_kinds`:
+        words naming a kind of place (医院, 小学, hospital), from config/classifier/keywords.json."""
         self.segmenter = segmenter
-        self._areas = {normalize(a) for a in areas}
+        self._areas = {normalize(a) for a in areas if a.strip()}
+        self._latin_areas = {squeeze(a)[0] for a in self._areas if a.isascii()}
+        self._kinds = {normalize(k) for k in place_kinds}
+        self._kind_only: set[str] = set()
+        self._latin: dict[str, list[Place | Road]] = defaultdict(list)
         self._by_name: dict[str, Place] = {}
         self._units: dict[str, dict[int, Place]] = defaultdict(dict)
         self._ranges: dict[str, list[tuple[int, int, Place]]] = defaultdict(list)
         self._base_of: dict[str, str] = {}
         self._single_buildings: set[str] = set()
         self._surfaces: dict[str, list[Place | Road]] = defaultdict(list)
+        self._latin_plain: dict[str, str] = {}  # a Latin name as written -> its squeezed key
         segments: dict[str, list[Segment]] = defaultdict(list)
         english_roads: dict[str, str] = {}
         for place in places:
@@ -124,25 +149,55 @@ class Gazetteer:
                 else:
                     self._units[base][int(building["lo"])] = place
                     self._single_buildings.add(key)
-            for surface in (place.name, *place.aliases, place.name_en):
-                if surface:
-                    self._add(surface, place)
+            self._add(place.name, place, kind_only=False)  # a place's own name is its city's
+            if place.name_en:
+                self._add(place.name_en, place, kind_only=False)
+            for alias in place.aliases:
+                self._add(alias, place)
         for name, segs in segments.items():
             road = Road(name, tuple(segs))
             self._add(name, road)
         for english, name in english_roads.items():
             self._add(english, next(t for t in self._surfaces[name] if isinstance(t, Road)))
-        self._lengths: dict[str, list[int]] = defaultdict(list)
-        for surface in self._surfaces:
-            self._lengths[surface[0]].append(len(surface))
-        for first, lengths in self._lengths.items():
-            self._lengths[first] = sorted(set(lengths), reverse=True)
+        for surface, targets in list(self._surfaces.items()):
+            if not surface.isascii() and not any(ch.isdigit() for ch in surface):
+                pinyin = romanize(surface)
+                if pinyin.isascii() and len(pinyin) >= PINYIN_MIN:
+                    for target in targets:
+                        self._add(pinyin, target, kind_only=surface in self._kind_only)
+        self._lengths = _lengths_by_first(self._surfaces)
+        self._latin_lengths = _lengths_by_first(self._latin)
         self._build_fuzzy_index()
 
-    def _add(self, surface: str, target: Place | Road) -> None:
+    def _add(self, surface: str, target: Place | Road, kind_only: bool | None = None) -> None:
+        """Index one written form of a place. Whether it names only a kind of place is computed for
+        aliases; a derived pinyin name inherits it from the Chinese one."""
         key = normalize(surface).strip()
-        if key and target not in self._surfaces[key]:
-            self._surfaces[key].append(target)
+        if not key:
+            return
+        if kind_only is None:
+            kind_only = self._names_a_kind(key)
+        if key.isascii():
+            table, key = self._latin, squeeze(key)[0]
+            self._latin_plain.setdefault(normalize(surface).strip(), key)
+        else:
+            table = self._surfaces
+        if target not in table[key]:
+            table[key].append(target)
+        if kind_only:
+            self._kind_only.add(key)
+
+    def _names_a_kind(self, key: str) -> bool:
+        """True when the name is made only of kind-of-place words, admin levels and ordinals
+        (区人民医院, 镇小, 第一中学, people's hospital): it could be in any city."""
+        if key.isascii():
+            words = [w for w in re.findall(r"[a-z]+", key.replace("'s", "")) if w != "the"]
+            return bool(words) and all(w in self._kinds for w in words)
+        rest = "".join(ch for ch in key if ch not in _ADMIN_AND_ORDINALS)
+        covered = [True] + [False] * len(rest)  # covered[i]: rest[:i] is a run of kind words
+        for end in range(1, len(rest) + 1):
+            covered[end] = any(covered[start] and rest[start:end] in self._kinds for start in range(end))
+        return covered[-1]
 
     @property
     def words(self) -> list[str]:
@@ -164,18 +219,40 @@ class Gazetteer:
                     continue
                 if not self._at_word_edges(text, pos, pos + length):
                     continue
-                if length <= SHORT_ALIAS and not surface.isascii():
+                if length <= SHORT_ALIAS:
                     if spans is None:
                         spans = self._word_spans(text, tokens)
                     if (pos, pos + length) not in spans:
                         continue
-                hit = self._resolve(self._surfaces[surface], text, pos, pos + length)
+                hit = self._resolve(self._surfaces[surface], text, pos, pos + length, surface)
                 break
             if hit:
                 found.append(hit)
                 pos = hit.end
             else:
                 pos += 1
+        if _LATIN_LETTER.search(text):
+            found = _merge(found, self._latin_mentions(text))
+        return found
+
+    def _latin_mentions(self, text: str) -> list[Mention]:
+        """Latin names (English, pinyin) as whole words, compared with the spacing squeezed out:
+        a name starts where a word starts and ends where a word ends, longest first."""
+        squeezed, where, words = squeeze(text)
+        ends = [end for _, end in words]
+        found: list[Mention] = []
+        covered = 0  # squeezed position up to which a found name reaches
+        for index, (pos, _) in enumerate(words):
+            lengths = self._latin_lengths.get(squeezed[pos])
+            if pos < covered or lengths is None:
+                continue
+            for stop in reversed(ends[index:bisect.bisect_right(ends, pos + lengths[0], lo=index)]):
+                surface = squeezed[pos:stop]
+                if surface in self._latin:
+                    hit = self._resolve(self._latin[surface], text, where[pos], where[stop - 1] + 1, surface)
+                    found.append(hit)
+                    covered = bisect.bisect_left(where, hit.end)
+                    break
         return found
 
     def _word_spans(self, text: str, tokens: list[tuple[str, int, int]] | None) -> set[tuple[int, int]]:
@@ -193,7 +270,13 @@ class Gazetteer:
         last = text[end - 1]
         return not (last.isascii() and end < len(text) and text[end].isascii() and text[end].isalnum())
 
-    def _resolve(self, targets: list[Place | Road], text: str, start: int, end: int) -> Mention:
+    def _resolve(self, targets: list[Place | Road], text: str, start: int, end: int, surface: str) -> Mention:
+        mention = self._resolve_targets(targets, text, start, end)
+        if surface in self._kind_only:
+            return Mention(mention.start, mention.end, mention.place, mention.grids, kind_only=True)
+        return mention
+
+    def _resolve_targets(self, targets: list[Place | Road], text: str, start: int, end: int) -> Mention:
         latin = text[start].isascii()
         if len(targets) == 1 and isinstance(targets[0], Road):
             road = targets[0]
@@ -258,8 +341,15 @@ class Gazetteer:
             set, lambda grams: grams - 1)
         # English: a candidate shares most of its letter trigrams (a wrong letter spoils three).
         self._latin_candidates = _Candidates(
-            [s for s in self._surfaces if s.isascii() and len(s) >= FUZZY_MIN_LATIN],
+            [s for s in self._latin_plain if len(s) >= FUZZY_MIN_LATIN],
             _trigrams, lambda grams: math.ceil(0.6 * grams))
+        # Homophones: Chinese names as sound strings (one character per syllable), by their first sounds.
+        self._sounds = sound_table()
+        self._homophones: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for surface in self._surfaces:
+            if len(surface) >= HOMOPHONE_MIN and not any(ch.isascii() for ch in surface):
+                sound = surface.translate(self._sounds)
+                self._homophones[sound[:HOMOPHONE_MIN]].append((sound, surface))
 
     def _plausible_typo(self, surface: str, window: str) -> bool:
         """Reject a "typo" that is really a village or community name followed by other words
@@ -276,6 +366,14 @@ class Gazetteer:
         rapidfuzz only compares the few names that share enough characters with the text.
         """
         best: list[tuple[float, int, int, str]] = []
+        if self._homophones:
+            sounds = text.translate(self._sounds)
+            for start in range(len(sounds) - HOMOPHONE_MIN + 1):
+                for sound, surface in self._homophones.get(sounds[start:start + HOMOPHONE_MIN], ()):
+                    end = start + len(sound)
+                    if (sounds[start:end] == sound and text[start:end] != surface
+                            and self._plausible_typo(surface, text[start:end])):
+                        best.append((HOMOPHONE_SCORE, start, end, surface))
         for surface in self._cjk_candidates(text):
             cutoff = 100.0 * (1 - 1 / len(surface)) - 0.01  # one substituted character
             found = fuzz.partial_ratio_alignment(surface, text, score_cutoff=cutoff)
@@ -284,16 +382,17 @@ class Gazetteer:
         for surface in self._latin_candidates(text):
             found = fuzz.partial_ratio_alignment(surface, text, score_cutoff=LATIN_CUTOFF)
             if found and found.score < 100:
-                best.append((found.score, found.dest_start, found.dest_end, surface))
+                best.append((found.score, found.dest_start, found.dest_end, self._latin_plain[surface]))
         if not best:
             return []
         top = max(score for score, *_ in best)
         tied = sorted((b for b in best if b[0] == top), key=lambda b: -len(b[3]))  # most specific first
-        found = [self._resolve(self._surfaces[surface], text, start, end) for _, start, end, surface in tied]
+        found = [self._resolve(self._surfaces.get(surface) or self._latin[surface], text, start, end, surface)
+                 for _, start, end, surface in tied]
         grids = tuple(sorted({grid for mention in found for grid in mention.grids}))
         if len(grids) == 1 and found[0].place is not None:
             return found[:1]
-        return [Mention(found[0].start, found[0].end, None, grids)]
+        return [Mention(found[0].start, found[0].end, None, grids, all(m.kind_only for m in found))]
 
     # -- the appeal's grid ----------------------------------------------------------------------
 
@@ -306,6 +405,8 @@ class Gazetteer:
         `text` must be normalised (`normalize`); `tokens` are its jieba tokens, if already known.
         """
         found = self.mentions(text, tokens) or self.fuzzy_mentions(text)
+        if any(m.kind_only for m in found) and not (sender_grid or self._names_this_city(text, found)):
+            found = [m for m in found if not m.kind_only]
         for mention in found:
             if mention.place is not None:
                 return Location(mention.place.grid_code, mention.place.name)
@@ -315,6 +416,12 @@ class Gazetteer:
                 return Location(sender_grid, None, candidates)
             return Location(None, None, candidates)
         return Location(sender_grid, None)
+
+    def _names_this_city(self, text: str, found: list[Mention]) -> bool:
+        """The text names one of this city's areas, or a place by a name no other city has."""
+        if any(not m.kind_only for m in found) or any(area in text for area in self._areas):
+            return True
+        return bool(self._latin_areas) and any(area in squeeze(text)[0] for area in self._latin_areas)
 
 
 class _Candidates:
@@ -336,6 +443,23 @@ class _Candidates:
             return []
         hits = np.bincount(np.concatenate(lists), minlength=len(self._names))
         return [self._names[i] for i in np.flatnonzero(hits >= self._needed)]
+
+
+def _lengths_by_first(table: dict[str, list]) -> dict[str, list[int]]:
+    """For each first character, the lengths of the names starting with it, longest first."""
+    lengths: dict[str, set[int]] = defaultdict(set)
+    for surface in table:
+        lengths[surface[0]].add(len(surface))
+    return {first: sorted(found, reverse=True) for first, found in lengths.items()}
+
+
+def _merge(first: list[Mention], second: list[Mention]) -> list[Mention]:
+    """Two left-to-right lists of mentions as one, dropping any that overlaps an earlier one."""
+    merged: list[Mention] = []
+    for mention in sorted([*first, *second], key=lambda m: (m.start, -m.end)):
+        if not merged or mention.start >= merged[-1].end:
+            merged.append(mention)
+    return merged
 
 
 def _trigrams(text: str) -> set[str]:

@@ -33,7 +33,7 @@ STEM = 6  # English words are cut to their first letters: a crude stemmer that m
 class Example:
     text: str
     category: str
-    appeal_type: str
+    appeal_type: str | None  # None: not known (the triage desk settles categories, not types)
 
 
 def load_examples(path: Path) -> list[Example]:
@@ -128,23 +128,53 @@ class Prediction:
 
 
 class TextModel:
-    """Category and appeal-type models sharing one vocabulary, so scoring is one weight lookup."""
+    """Category and appeal-type models sharing one vocabulary, so scoring is one weight lookup.
 
-    def __init__(self, featurizer: Featurizer, examples: Sequence[Example], tokenize: Tokenize):
+    Built by `train`, or read back by `load` from what `save` wrote (the triage desk's candidate
+    and promoted models, see classifiers/registry.py).
+    """
+
+    def __init__(self, featurizer: Featurizer, vocabulary: dict[str, int], weights: np.ndarray,
+                 categories: list[str], types: list[str]):
         self.featurizer = featurizer
-        self._vocabulary: dict[str, int] = {}
+        self._vocabulary = vocabulary
+        self._weights = weights
+        self.categories = categories
+        self.types = types
+
+    @classmethod
+    def train(cls, featurizer: Featurizer, examples: Sequence[Example], tokenize: Tokenize) -> TextModel:
+        """Both models from labelled examples; examples without an appeal type train the category only."""
+        vocabulary: dict[str, int] = {}
         rows = []
         for example in examples:
             text = normalize(example.text)
             features = featurizer.features(text, tokenize(text))
-            rows.append(np.array([self._vocabulary.setdefault(f, len(self._vocabulary)) for f in features]))
-        self.categories = sorted({e.category for e in examples})
-        self.types = sorted({e.appeal_type for e in examples})
-        category_weights = train_softmax(rows, [self.categories.index(e.category) for e in examples],
-                                         len(self.categories), len(self._vocabulary))
-        type_weights = train_softmax(rows, [self.types.index(e.appeal_type) for e in examples],
-                                     len(self.types), len(self._vocabulary))
-        self._weights = np.hstack([category_weights, type_weights])
+            rows.append(np.array([vocabulary.setdefault(f, len(vocabulary)) for f in features]))
+        categories = sorted({e.category for e in examples})
+        types = sorted({e.appeal_type for e in examples if e.appeal_type is not None})
+        typed = [i for i, e in enumerate(examples) if e.appeal_type is not None]
+        category_weights = train_softmax(rows, [categories.index(e.category) for e in examples],
+                                         len(categories), len(vocabulary))
+        type_weights = train_softmax([rows[i] for i in typed], [types.index(examples[i].appeal_type) for i in typed],
+                                     len(types), len(vocabulary))
+        return cls(featurizer, vocabulary, np.hstack([category_weights, type_weights]), categories, types)
+
+    def save(self, path: Path, **meta: str) -> None:
+        """Weights, vocabulary and labels in one numpy file (no pickle); `meta` is kept beside them."""
+        words = sorted(self._vocabulary, key=self._vocabulary.__getitem__)
+        with path.open("wb") as handle:
+            np.savez_compressed(handle, weights=self._weights.astype(np.float32), vocabulary=np.array(words),
+                                categories=np.array(self.categories), types=np.array(self.types),
+                                meta=np.array(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, path: Path, featurizer: Featurizer) -> tuple[TextModel, dict[str, str]]:
+        with np.load(path, allow_pickle=False) as data:
+            vocabulary = {word: index for index, word in enumerate(data["vocabulary"].tolist())}
+            model = cls(featurizer, vocabulary, data["weights"].astype(np.float64), data["categories"].tolist(),
+                        data["types"].tolist())
+            return model, json.loads(str(data["meta"]))
 
     def predict(self, text: str, tokens: Tokens) -> Prediction:
         vocabulary = self._vocabulary

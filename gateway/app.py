@@ -227,7 +227,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/report", api_report)
     app.router.add_get("/healthz", health)
     app.router.add_get("/api/openapi.json", openapi)
-    broadcast_api.add_routes(app)
+    broadcast_api.add_routes(app, settings, sessions, city, current_operator)
     console.setup(app, settings, city, sessions, current_operator)
 
     async def close_intake(_app: web.Application) -> None:

@@ -248,16 +248,77 @@ def command_case(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_classify(settings: Settings, _args: argparse.Namespace) -> int:
-    from classifiers.cli import classify_stream
+    from classifiers.cli import InputError, classify_stream
 
-    classify_stream(settings, sys.stdin, sys.stdout)
+    try:
+        classify_stream(settings, sys.stdin, sys.stdout)
+    except InputError as error:
+        print(f"gridline classify: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
 def command_eval(settings: Settings, args: argparse.Namespace) -> int:
-    from classifiers.cli import evaluate_file
+    from classifiers import build_classifier
+    from classifiers.cli import InputError, compare_file, evaluate_file, read_labelled
 
-    evaluate_file(settings, Path(args.file), sys.stdout)
+    try:
+        read_labelled(Path(args.file))  # a mistake in the file is told before the slow start-up
+        classifier = build_classifier(load_city(settings.city_dir), settings)
+        if not args.compare:
+            evaluate_file(settings, Path(args.file), sys.stdout, classifier)
+            return 0
+        version = classifier.registry.candidate()
+        if version is None:
+            raise InputError("no candidate model: run `gridline train` first")
+        candidate = classifier.using(classifier.load(version), version)
+        print(f"current: {classifier.version}   candidate: {version}")
+        compare_file(settings, Path(args.file), sys.stdout, classifier, candidate)
+    except (InputError, ValueError) as error:
+        print(f"gridline eval: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def command_train(settings: Settings, args: argparse.Namespace) -> int:
+    """A candidate model from the shipped examples plus the triage desk's labels in the store."""
+    from classifiers import build_classifier
+    from gateway.domain import desk
+    from gateway.store import make_engine, migrate, session_factory
+
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    with session_factory(engine)() as session:
+        corrections = desk.labelled_examples(session)
+    classifier = build_classifier(load_city(settings.city_dir), settings)
+    started = time.perf_counter()
+    model = classifier.train(corrections)
+    version = classifier.registry.new_version()
+    path = classifier.save(model, version, len(corrections))
+    classifier.registry.set_candidate(version)
+    print(f"candidate {version}: {len(classifier.examples)} shipped examples + {len(corrections)} desk labels, "
+          f"trained in {time.perf_counter() - started:.1f} s ({path})")
+    print("next: `gridline eval FILE --compare`, then `gridline model promote`")
+    return 0
+
+
+def command_model(settings: Settings, args: argparse.Namespace) -> int:
+    """Which model serves, and explicit promotion and rollback (workers switch between jobs)."""
+    from classifiers.registry import Registry, RegistryError
+
+    registry = Registry.at(settings.home)
+    try:
+        if args.action == "promote":
+            print(f"in service: {registry.promote(args.version)} (workers switch before their next job)")
+        elif args.action == "rollback":
+            print(f"in service: {registry.rollback()} (workers switch before their next job)")
+        else:
+            print(f"in service: {registry.current() or 'shipped'}")
+            print(f"candidate:  {registry.candidate() or '-'}")
+            print(f"history:    {' -> '.join(registry.history()) or '-'}")
+    except RegistryError as error:
+        print(f"gridline model: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -351,11 +412,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="cli", help="who is acting, for the audit trail")
     p.set_defaults(run=command_case)
 
-    commands.add_parser("classify", help="classify JSON lines from stdin").set_defaults(run=command_classify)
+    from classifiers.cli import CLASSIFY_FORMAT, EVAL_FORMAT
 
-    p = commands.add_parser("eval", help="score the classifier on a labelled JSON-lines file")
-    p.add_argument("file")
+    commands.add_parser("classify", help="classify JSON lines from stdin", description=CLASSIFY_FORMAT,
+                        formatter_class=argparse.RawDescriptionHelpFormatter).set_defaults(run=command_classify)
+
+    p = commands.add_parser("eval", help="score the classifier on a labelled JSON-lines file",
+                            description=EVAL_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="labelled appeals, JSON lines (format above)")
+    p.add_argument("--compare", action="store_true", help="score the model in service and the candidate side by side")
     p.set_defaults(run=command_eval)
+
+    p = commands.add_parser("train", help="build a candidate model from the shipped examples and the desk's labels")
+    p.set_defaults(run=command_train)
+
+    p = commands.add_parser("model", help="the classifier model in service: status, promote, rollback")
+    p.add_argument("action", choices=["status", "promote", "rollback"])
+    p.add_argument("version", nargs="?", help="promote: a trained version (default: the candidate)")
+    p.set_defaults(run=command_model)
 
     p = commands.add_parser("report", help="progress and assessment figures per street, grid, department or worker",
                             description=REPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -381,7 +455,7 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    setup_logging("WARNING" if args.command in ("classify", "eval", "sms", "cases") else "INFO")
+    setup_logging("WARNING" if args.command in ("classify", "eval", "train", "model", "sms", "cases") else "INFO")
     environ = dict(os.environ)
     if args.config:
         environ["GRIDLINE_CONFIG_DIR"] = str(args.config)

@@ -155,6 +155,8 @@ def act_for_resident(session: Session, world: World, inbound: InboundRow, unders
             return workflow.rate(session, world, awaiting, rating, now)
         return [reply(replies.render("help", language))]
 
+    if intent.kind == "nothing":  # a greeting or a test: ask what they need, open nothing
+        return [reply(replies.render("ask_what", language))]
     if understanding.verdict is not None:
         case = cases.open_case(session, city=world.city, settings=world.settings,
                                channel=inbound.channel, reporter=inbound.sender, text=inbound.text,

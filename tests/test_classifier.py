@@ -15,6 +15,7 @@ from gateway.domain.city import load_city
 
 CONFIG = Path("config")
 DEV_SET = Path("tests/data/appeals-dev.jsonl")
+HOLDOUT = CONFIG / "classifier" / "holdout.jsonl"
 OUTPUT_KEYS = {"category", "appeal_type", "department", "grid", "place", "confidence"}
 
 
@@ -117,25 +118,59 @@ def test_classify_stream_writes_one_line_per_appeal_in_order(tmp_path):
     assert (results[1]["grid"], results[1]["category"]) == ("QH-DH-03-01", "gas_supply")
 
 
-def test_dev_set_floor():
+def test_dev_set_floor(classifier):
     """A regression floor a few points under the measured dev-set figures (see config/classifier)."""
     out = io.StringIO()
-    report = evaluate_file(Settings(config_dir=CONFIG), DEV_SET, out)
+    report = evaluate_file(Settings(config_dir=CONFIG), DEV_SET, out, classifier)
     accuracy = report["accuracy"]
-    assert accuracy["category"] >= 0.93
-    assert accuracy["appeal_type"] >= 0.85
-    assert accuracy["department"] >= 0.92
-    assert accuracy["grid"] >= 0.97
-    assert report["macro_f1"]["category"] >= 0.92
+    assert accuracy["category"] >= 0.95
+    assert accuracy["appeal_type"] >= 0.86
+    assert accuracy["department"] >= 0.93
+    assert accuracy["grid"] >= 0.97  # 4 appeals name only a kind of place (三小, 实验小学) and no sender
+    assert report["macro_f1"]["category"] >= 0.95
     assert "most confused categories" in out.getvalue()
+
+
+def test_held_out_voices_floor(classifier):
+    """The voice-tagged appeals kept out of training: a floor a few points under the README figures,
+    and a row per voice."""
+    out = io.StringIO()
+    report = evaluate_file(Settings(config_dir=CONFIG), HOLDOUT, out, classifier)
+    assert "grid" not in report["accuracy"]  # not labelled there, so not scored
+    assert report["accuracy"]["category"] >= 0.81
+    assert report["accuracy"]["appeal_type"] >= 0.77
+    assert report["macro_f1"]["category"] >= 0.80
+    assert set(report["by_voice"]) == {"angry", "dialect", "elderly", "english", "plain", "rambling", "terse",
+                                       "traditional"}
+    assert "by voice" in out.getvalue()
+
+
+@pytest.mark.parametrize(("text", "category"), [  # a newcomer's findings (issue 15)
+    ("The street light outside my building is broken", "road_facilities"),
+    ("东湖路47号的路灯坏了", "road_facilities"),
+    ("翠湖花园9号楼楼道灯不亮", "property_management"),
+    ("翠湖花園9號樓樓道燈不亮", "property_management"),  # the same in Traditional characters
+])
+def test_lights_go_where_they_belong(classifier, text, category):
+    assert classifier.classify(text, None).category == category
+
+
+def test_a_long_appeal_is_read_up_to_the_limit(classifier):
+    """The cost per appeal is bounded: what lies past READ_LIMIT characters does not change the result."""
+    from classifiers.model import READ_LIMIT
+
+    head = "楼道里堆满了纸箱和旧家具，还有人把电动车推进楼道充电，万一着火谁都跑不出去。" * 20
+    assert len(head) > READ_LIMIT
+    assert classifier.classify(head + "水" * 5000, None) == classifier.classify(head, None)
 
 
 def _write_csv(path: Path, header: str, rows: list[str]) -> None:
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
 
 
-def test_a_new_city_needs_no_code_change(tmp_path):
-    """A tiny city with its own names, codes, taxonomy and examples, built from files alone."""
+def write_tiny_city(tmp_path: Path) -> Settings:
+    """A tiny city with its own names, codes, taxonomy and examples, as files; its settings
+    (home under tmp_path, so trained models stay there)."""
     city_dir = tmp_path / "config" / "city"
     city_dir.mkdir(parents=True)
     _write_csv(city_dir / "grids.csv", "code,level,name,name_en,parent_code,households", [
@@ -171,7 +206,13 @@ def test_a_new_city_needs_no_code_change(tmp_path):
         for t, c, a in examples), encoding="utf-8")
     (classifier_dir / "keywords.json").write_text(json.dumps({"categories": {"rubbish": ["垃圾"], "roads": ["路面"]},
                                                               "appeal_types": {"ask": ["请问"]}}), encoding="utf-8")
-    settings = Settings(config_dir=tmp_path / "config", triage_department="DESK", classifier_threshold=0.3)
+    return Settings(config_dir=tmp_path / "config", home=tmp_path / "var", triage_department="DESK",
+                    classifier_threshold=0.3)
+
+
+def test_a_new_city_needs_no_code_change(tmp_path):
+    """A tiny city built from files alone."""
+    settings = write_tiny_city(tmp_path)
     classifier = build_classifier(load_city(settings.city_dir), settings)
 
     result = classifier.classify("枣林苑9号楼门口垃圾满了没人清", None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from classifiers.gazetteer import Gazetteer
@@ -19,7 +21,9 @@ def city():
 
 @pytest.fixture(scope="module")
 def gazetteer(city):
-    gaz = Gazetteer(city.places, [g.name for g in city.grids.values() if g.level < 3])
+    kinds = json.loads(open("config/classifier/keywords.json", encoding="utf-8").read())["place_kinds"]
+    areas = [name for g in city.grids.values() if g.level < 3 for name in (g.name, g.name_en)]
+    gaz = Gazetteer(city.places, areas, place_kinds=kinds)
     gaz.segmenter = Segmenter(gaz.words)
     return gaz
 
@@ -73,10 +77,32 @@ def test_every_resident_address_resolves_to_the_residents_grid(city, gazetteer):
     ("清河区实验小学门口", "QH-NM-03-04"), ("景海实验中学清河校区门口", "QH-XS-04-02"),
     ("清河区人民医院门口", "QH-DH-01-04"), ("清河区人民医院西山分院门口", "QH-XS-02-03"),
     ("西山颐养院的护工", "QH-XS-04-04"), ("康宁颐养中心的护工", "QH-NM-04-02"),
-    ("一小门口", "QH-DH-01-03"), ("一中门口", "QH-NM-04-02"), ("三小门口", "QH-DH-02-02"),
-    ("三中门口", "QH-DH-02-04"), ("实小门口", "QH-NM-03-04"), ("实中门口", "QH-XS-04-02"),
+    ("实小门口", "QH-NM-03-04"), ("实中门口", "QH-XS-04-02"),
 ])
 def test_confusable_names(gazetteer, text, grid):
+    assert locate(gazetteer, text).grid == grid
+
+
+ELSEWHERE = "QH-XS-01-01"  # a registered sender's grid, far from the places below
+
+
+@pytest.mark.parametrize(("text", "grid"), [  # aliases that name a kind of place, not one place
+    ("一小门口", "QH-DH-01-03"), ("一中门口", "QH-NM-04-02"), ("三小门口", "QH-DH-02-02"),
+    ("三中门口", "QH-DH-02-04"), ("人民医院门口摊贩太多", "QH-DH-01-04"), ("镇政府旁边", "QH-LT-01-01"),
+    ("区政府对面", "QH-DH-03-03"), ("中心小学放学堵车", "QH-LT-01-02"), ("the People's Hospital", "QH-DH-01-04"),
+])
+def test_a_kind_of_place_never_decides_a_grid_alone(gazetteer, text, grid):
+    assert locate(gazetteer, text).grid is None  # maybe another city's 人民医院: no guess
+    assert locate(gazetteer, text, ELSEWHERE).grid == grid  # a registered resident means this city's
+
+
+@pytest.mark.parametrize(("text", "grid"), [
+    ("清河区人民医院门口", "QH-DH-01-04"),  # the full name is this city's
+    ("柳塘镇镇政府旁边", "QH-LT-01-01"),  # an area of this city corroborates the kind-of-place alias
+    ("一中门口天天堵，翠湖花园的孩子都在那上学", "QH-NM-04-02"),  # so does one of its places
+    ("People's Hospital, Qinghe District", "QH-DH-01-04"),
+])
+def test_a_kind_of_place_counts_when_the_text_names_this_city(gazetteer, text, grid):
     assert locate(gazetteer, text).grid == grid
 
 
@@ -134,10 +160,23 @@ def test_typos_and_homophones(gazetteer, text, grid, place):
         assert location.place == place
 
 
-def test_a_homophone_equally_close_to_two_names_is_ambiguous(gazetteer):
-    location = locate(gazetteer, "幸福佳园门口")  # 幸福家园 or 幸福公园
+def test_a_homophone_beats_a_name_one_character_away(gazetteer):
+    assert locate(gazetteer, "幸福佳园门口").place == "幸福家园"  # jiā yuán, not 幸福公园
+
+
+def test_a_typo_equally_close_to_two_names_is_ambiguous(gazetteer):
+    location = locate(gazetteer, "幸福菜园门口")  # 幸福家园 or 幸福公园, neither read alike
     assert location.grid is None
     assert set(location.candidates) == {"QH-NM-04-03", "QH-DH-04-02"}
+
+
+@pytest.mark.parametrize(("text", "grid"), [
+    ("東湖路47號的路燈壞了", "QH-DH-01-01"),  # Traditional characters
+    ("翠湖花園9號樓樓道燈不亮", "QH-DH-01-01"),
+    ("陽光城十五號樓", "QH-XS-03-02"),
+])
+def test_traditional_characters(gazetteer, text, grid):
+    assert locate(gazetteer, text).grid == grid
 
 
 @pytest.mark.parametrize("text", [
@@ -179,7 +218,12 @@ def test_chinese_and_full_width_numbers(gazetteer, text, grid):
     ("near Cuihu Garden", "QH-DH-01-01"),
     ("outside Xinghe Mall", "QH-BY-02-01"),
     ("Shiqiao Village Group 3", "QH-LT-02-02"),
-    ("the People's Hospital", "QH-DH-01-04"),
+    ("Cuihu Huayuan", "QH-DH-01-01"),  # pinyin derived from the Chinese name, however spaced
+    ("cuihuhuayuan", "QH-DH-01-01"),
+    ("Cui-hu Hua-yuan gate", "QH-DH-01-01"),
+    ("Donghu Xincun building 33", "QH-DH-02-02"),
+    ("Donghu Lu 57", "QH-DH-01-01"),
+    ("Mingzhu Xincheng", "QH-BY-03-03"),
 ])
 def test_english_and_pinyin_names(gazetteer, text, grid):
     assert locate(gazetteer, text).grid == grid

@@ -21,6 +21,11 @@ from gateway.logs import MaskingFilter, mask
     ("Status", "status", "en", None), ("查询", "status", "zh", None),
     ("STOP the noise at night please", "appeal", "en", None), ("路灯坏了", "appeal", "zh", None),
     ("请查询一下我的低保", "appeal", "zh", None),
+    ("你好", "nothing", "zh", None), ("您好，在吗？", "nothing", "zh", None), ("hello!!", "nothing", "en", None),
+    ("Hi there", "nothing", "en", None), ("测试", "nothing", "zh", None), ("test 123", "nothing", "en", None),
+    ("", "nothing", None, None), ("  ", "nothing", None, None), ("👋", "nothing", None, None),
+    ("你好，东湖路路灯坏了", "appeal", "zh", None), ("请问低保怎么办", "appeal", "zh", None),
+    ("Hello, the lift is broken", "appeal", "en", None),
 ])
 def test_parse_intent(text, kind, language, number):
     intent = parse_intent(text)

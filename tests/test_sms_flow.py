@@ -63,6 +63,21 @@ def test_an_unlocatable_appeal_goes_to_triage(stack):
     number = CASE_NUMBER.search(ack.stdout).group(1)
     case = json.loads(stack.gridline("cases", number).stdout)
     assert case["queue"] == "triage" and case["grid"] is None and case["assigned_worker"] is None
+    assert "正在核实" in ack.stdout  # category and place are being confirmed: no guess is named
+    assert "分类：" not in ack.stdout and "网格：" not in ack.stdout
+
+
+@pytest.mark.parametrize(("phone", "text", "asked"), [
+    ("+8617199000031", "你好", "请问您要反映什么问题"),
+    ("+8617199000032", "测试", "请问您要反映什么问题"),
+    ("+8617199000033", "Hello!", "What would you like to report"),
+])
+def test_a_greeting_or_test_gets_a_question_and_no_case(stack, phone, text, asked):
+    post(stack.settings, SMS_PATH, inbound_form(phone, text, stack.settings))
+    [reply] = stack.wait_sent(phone)
+    assert asked in reply["body"]
+    assert not CASE_NUMBER.search(reply["body"])
+    assert count(stack, select(func.count()).select_from(CaseRow).where(CaseRow.reporter == phone)) == 0
 
 
 def test_a_retried_message_makes_one_case(stack):

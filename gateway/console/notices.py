@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from broadcasts import service
 from broadcasts.audience import GridTree
 from broadcasts.models import BroadcastRow
-from broadcasts.schedule import parse_when
+from gateway import strict
 from gateway.console import auth
 from gateway.console.base import Console, console_of, form, operator, redirect, refusal, render
 from gateway.domain.city import CHANNELS, Worker
@@ -174,8 +174,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         if emergency and posted.get("emergency_confirm") != "on":
             raise Refused(400, "an emergency notice needs the confirmation ticked")
         try:
-            send_at = parse_when(posted["send_at"], console.settings.timezone) if posted.get("send_at") else None
-        except (ValueError, OverflowError) as bad:
+            send_at = strict.moment(posted["send_at"], "send at", console.settings.timezone) \
+                if posted.get("send_at") else None
+        except strict.BadValue as bad:
             raise Refused(400, "send at must be a local date and time such as 2026-12-04T09:00") from bad
 
         def work(session: Session) -> int:

@@ -19,12 +19,18 @@ TEMPLATES: dict[str, dict[str, str]] = {
               "Handled by: {department}.{assignee} Reply with the case number or STATUS to follow it.",
     },
     "ack_assignee": {"zh": "已分派给{worker}（{role}）。", "en": " Assigned to {worker} ({role})."},
+    # A case sent to triage: the classifier was unsure, so no guess is named to the resident.
     "ack_triage": {
-        "zh": "您的诉求已受理，编号{number}。分类：{category}；{area}。网格中心将尽快核实并分派。"
+        "zh": "您的诉求已受理，编号{number}。问题类别和地点正在核实，网格中心将尽快分派。"
               "回复编号或“查询”可查看进度。",
-        "en": "Your appeal is registered as case {number}. Category: {category}; {area}. "
-              "The grid centre will review and assign it shortly. Reply with the case number or "
-              "STATUS to follow it.",
+        "en": "Your appeal is registered as case {number}. Its category and place are being confirmed; "
+              "the grid centre will assign it shortly. Reply with the case number or STATUS to follow it.",
+    },
+    "ask_what": {
+        "zh": "您好，这里是网格服务热线。请问您要反映什么问题？请直接发送情况和地点，"
+              "例如：“小区3号楼门口垃圾三天没人清”。",
+        "en": "Hello, this is the grid service line. What would you like to report? Send what is wrong and "
+              "where, e.g. \"Rubbish not collected outside Building 3 for three days\".",
     },
     "area_known": {"zh": "所在网格：{grid}", "en": "area: {grid}"},
     "area_unknown": {"zh": "地点待核实", "en": "location to be confirmed"},

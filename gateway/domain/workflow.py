@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.delivery.outbox import queue_message
-from gateway.domain import cases, replies
+from gateway.domain import cases, desk, replies
 from gateway.domain.cases import IllegalTransition, transition
 from gateway.domain.city import City, Worker
 from gateway.domain.intents import normalise
@@ -161,8 +161,10 @@ def assign(session: Session, world: World, case: CaseRow, worker: Worker, actor:
 def settle(session: Session, world: World, case: CaseRow, actor: str, now: datetime, *,
            category: str | None = None, grid: str | None = None, worker: Worker | None = None) -> list[DeliveryRow]:
     """The triage desk settles what the classifier could not (category, grid), then assigns:
-    the named worker, else the grid's worker, else the department's staff."""
+    the named worker, else the grid's worker, else the department's staff. What the desk settled
+    is kept as a labelled example for the classifier (gateway/domain/desk.py)."""
     city = world.city
+    desk.record(session, case, actor, now, category=category, grid=grid)
     if category:
         case.category, case.department = category, city.categories[category].department_code
         case.deadline = case.created_at + timedelta(hours=city.categories[category].sla_hours)

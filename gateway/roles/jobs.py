@@ -81,6 +81,7 @@ def tick_job(at: str | None = None) -> None:
 
 def process_inbound_job(ids: list[int]) -> None:
     ctx = context()
+    ctx.world.classifier.refresh()  # a model promoted since the last job is used from this one on
     outbox.enqueue(ctx.connection, pipeline.process_inbound(ctx.sessions, ctx.world, ids))
 
 

@@ -228,6 +228,24 @@ class CaseEventRow(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+class DeskLabelRow(Base):
+    """What the triage desk settled about a case (category, grid), kept as a labelled example with
+    who settled it and when: `gridline train` learns from these. `predicted_*` is what the
+    classifier had said, so the desk's corrections can be told from its confirmations."""
+
+    __tablename__ = "desk_labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(64))  # None: the desk settled the grid only
+    grid_code: Mapped[str | None] = mapped_column(String(64))
+    appeal_type: Mapped[str | None] = mapped_column(String(64))  # the case's; the desk does not settle it
+    predicted_category: Mapped[str | None] = mapped_column(String(64))
+    predicted_grid: Mapped[str | None] = mapped_column(String(64))
+    settled_by: Mapped[str] = mapped_column(String(64))
+    settled_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
 class CaseCounterRow(Base):
     """Per-day sequence behind case numbers, so numbers stay short enough to text back."""
 
