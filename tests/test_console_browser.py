@@ -18,7 +18,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from gateway.config import SANDBOX_TELEGRAM_TOKENS
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
 from gateway.domain.city import Worker
 from tests.browser import PHONE_WIDTH, as_phone, chromium
 from tests.conftest import Stack, http_json, wait_for

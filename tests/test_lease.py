@@ -47,7 +47,7 @@ def sweeper(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def test_a_standby_sweeper_takes_over_when_the_holder_dies(store_settings, fresh_redis, tmp_path):
     env = stack_environment(store_settings.home, GRIDLINE_DATABASE_URL=store_settings.sqlalchemy_url,
-                            GRIDLINE_REDIS_URL=fresh_redis, GRIDLINE_SWEEPER_LEASE="1", GRIDLINE_SWEEP_INTERVAL="0.2")
+                            GRIDLINE_REDIS_URL=fresh_redis, GRIDLINE_SWEEPER_LEASE="3", GRIDLINE_SWEEP_INTERVAL="0.2")
     logs = [tmp_path / "sweeper-0.log", tmp_path / "sweeper-1.log"]
     processes = [sweeper(env, log) for log in logs]
     connection = connect(fresh_redis)

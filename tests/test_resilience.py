@@ -22,7 +22,8 @@ from rq import Queue
 from sqlalchemy import func, select, update
 
 from adapters import InboundMessage
-from gateway.config import SANDBOX_TELEGRAM_TOKENS, load_settings
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
+from gateway.config import load_settings
 from gateway.queues import INBOUND_QUEUE, PrivateRedis, connect
 from gateway.roles import jobs
 from gateway.roles.intake import Intake, IntakeServer
@@ -225,10 +226,10 @@ def test_each_role_brings_only_its_children(tmp_path):
     everything = names("all")
     senders = ["sender-sms", "sender-telegram-resident", "sender-telegram-worker"]
     assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", *senders, "sweeper",
-                          "intake", "web-0", "web-1"]
+                          "intake", "web-0", "web-1", "metrics"]  # each host serves its own processes' figures
     external = load_settings({"GRIDLINE_HOME": str(tmp_path), "GRIDLINE_REDIS_URL": "unix:///elsewhere.sock"})
-    assert names("worker,sweeper", external) == ["worker-0", "worker-1", *senders, "sweeper"]
-    assert names("web,intake", external) == ["intake", "web-0", "web-1"]
+    assert names("worker,sweeper", external) == ["worker-0", "worker-1", *senders, "sweeper", "metrics"]
+    assert names("web,intake", external) == ["intake", "web-0", "web-1", "metrics"]
 
 
 @contextlib.contextmanager

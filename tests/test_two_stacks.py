@@ -21,7 +21,7 @@ import pytest
 from rq.registry import StartedJobRegistry
 from sqlalchemy import func, select
 
-from gateway.config import SANDBOX_TELEGRAM_TOKENS
+from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
 from gateway.queues import CLOCK_QUEUE, QUEUE_NAMES, PrivateRedis, connect, queues
 from gateway.store import CaseEventRow, CaseRow, DeliveryRow, InboundRow, make_engine, session_factory
 from tests.conftest import Stack, http_json, sandbox_process, wait_for

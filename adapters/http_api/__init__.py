@@ -317,7 +317,7 @@ def channels(config: Config) -> list[Channel]:
     return [HttpChannel(config)] if config.enabled else []
 
 
-def sandbox(config: Config) -> Sandbox | None:
+def sandbox_process(config: Config) -> Sandbox | None:
     """The loopback fake when the channel is on and no send URL is configured; it learns the
     configuration from GRIDLINE_HTTP_SANDBOX_CONFIG (never the command line, where `ps` shows it)."""
     if not config.enabled or config.send_url:

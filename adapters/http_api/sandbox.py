@@ -18,7 +18,7 @@ Control API (JSON, no auth, loopback only):
     POST /_sandbox/reset                        forget messages, reports and faults
 
 Run it as `python -m adapters.http_api.sandbox --port 8091` with the channel's configuration as
-JSON in GRIDLINE_HTTP_SANDBOX_CONFIG (what `adapters.http_api.sandbox()` gives the supervisor), or
+JSON in GRIDLINE_HTTP_SANDBOX_CONFIG (what `adapters.http_api.sandbox_process()` gives the supervisor), or
 in a test with `fake_http_gateway(config)`.
 """
 

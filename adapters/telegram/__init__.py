@@ -520,7 +520,7 @@ def channels(config: Config) -> list[Channel]:
             for bot, token in config.tokens.items()]
 
 
-def sandbox(config: Config) -> Sandbox | None:
+def sandbox_process(config: Config) -> Sandbox | None:
     if config.sandbox_port is None:
         return None
     tokens = [arg for token in config.tokens.values() for arg in ("--token", token)]

@@ -427,7 +427,7 @@ def channels(config: Config) -> list[Channel]:
                       region=config.region)]
 
 
-def sandbox(config: Config) -> Sandbox | None:
+def sandbox_process(config: Config) -> Sandbox | None:
     if config.sandbox_port is None:
         return None
     return Sandbox("twilio-sandbox", "adapters.twilio_sms.sandbox",

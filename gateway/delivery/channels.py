@@ -2,7 +2,7 @@
 and the one place the gateway turns its settings into `adapters.Channel` objects.
 
 A channel package (adapters/<name>/) has a `Config` dataclass of its settings, `channels(config)`
-giving its configured `Channel`s (none when it is not enabled) and `sandbox(config)` giving the
+giving its configured `Channel`s (none when it is not enabled) and `sandbox_process(config)` giving the
 loopback fake the supervisor should run, if any. The app mounts every channel's routes from here,
 the senders send through the same objects, and the supervisor starts the sandboxes. A new channel
 is a package, its settings (GRIDLINE_<NAME>_*, fields of gateway.config.Settings) and one line in
@@ -92,4 +92,4 @@ def phone_channels(settings: Settings) -> frozenset[str]:
 
 def sandboxes(settings: Settings) -> list[Sandbox]:
     """The loopback fakes of the channels that talk to one (no account or URL configured)."""
-    return [s for package, config in _configured(settings) if (s := package.sandbox(config)) is not None]
+    return [s for package, config in _configured(settings) if (s := package.sandbox_process(config)) is not None]
