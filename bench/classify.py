@@ -9,6 +9,8 @@ reads at most `READ_LIMIT` characters, so the cost per appeal stops growing).
     .venv/bin/python bench/classify.py [--config DIR] [--seconds 5] [--cold-runs 3]
 
 Goals (issue 3): cold start < 3 s, >= 3,000 appeals/s. The script reports; it does not fail.
+Rates are appeals per second of this process's CPU time (time.process_time), which a machine busy
+with other work does not distort the way wall-clock time is; cold start is given both ways.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ THROUGHPUT_GOAL = 3000
 
 COLD_START = """
 import time
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 from pathlib import Path
 from classifiers import build_classifier
 from gateway.domain.city import load_city
@@ -36,16 +38,17 @@ from gateway.config import Settings
 settings = Settings(config_dir=Path({config!r}))
 classifier = build_classifier(load_city(settings.city_dir), settings)
 classifier.classify("门口的垃圾桶满了，三天没人清运", None)
-print(time.perf_counter() - started)
+print(time.perf_counter() - started, time.process_time() - cpu)
 """
 
 
-def cold_start(config: Path) -> tuple[float, float]:
-    """(seconds inside the interpreter, seconds of the whole process) for one fresh start."""
+def cold_start(config: Path) -> tuple[float, float, float]:
+    """(seconds inside the interpreter, its CPU seconds, seconds of the whole process) for one fresh start."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", COLD_START.format(config=str(config))], cwd=ROOT,
                           capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+    inside, cpu = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+    return inside, cpu, time.perf_counter() - started
 
 
 def throughput(config: Path, seconds: float) -> tuple[float, int]:
@@ -61,12 +64,12 @@ def throughput(config: Path, seconds: float) -> tuple[float, int]:
     appeals = [json.loads(line) for line in DEV_SET.read_text(encoding="utf-8").splitlines() if line.strip()]
     for appeal in appeals:  # warm-up
         classifier.classify(appeal["text"], appeal["sender"])
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    count, started = 0, time.process_time()
+    while time.process_time() - started < seconds:
         for appeal in appeals:
             classifier.classify(appeal["text"], appeal["sender"])
         count += len(appeals)
-    return count / (time.perf_counter() - started), count
+    return count / (time.process_time() - started), count
 
 
 LENGTHS = (70, 200, 500, 1000, 3000)
@@ -92,12 +95,12 @@ def by_length(config: Path, seconds: float) -> list[tuple[int, float]]:
             appeals.append(text[:length])
         for text in appeals:
             classifier.classify(text, None)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / len(LENGTHS):
+        count, started = 0, time.process_time()
+        while time.process_time() - started < seconds / len(LENGTHS):
             for text in appeals:
                 classifier.classify(text, None)
             count += len(appeals)
-        figures.append((length, count / (time.perf_counter() - started)))
+        figures.append((length, count / (time.process_time() - started)))
     return figures
 
 
@@ -110,12 +113,14 @@ def main() -> None:
     config = args.config.resolve()
     colds = [cold_start(config) for _ in range(args.cold_runs)]
     inside = min(c[0] for c in colds)
-    process = min(c[1] for c in colds)
+    cpu = min(c[1] for c in colds)
+    process = min(c[2] for c in colds)
     rate, count = throughput(config, args.seconds)
     rows = [
         ("cold start, import to first result", f"{inside:.2f} s", f"< {COLD_GOAL_S:.0f} s", inside < COLD_GOAL_S),
         ("cold start, whole process", f"{process:.2f} s", f"< {COLD_GOAL_S:.0f} s", process < COLD_GOAL_S),
-        (f"warm throughput, 1 core ({count} appeals)", f"{rate:,.0f}/s", f">= {THROUGHPUT_GOAL:,}/s",
+        ("cold start, CPU time to first result", f"{cpu:.2f} s", f"< {COLD_GOAL_S:.0f} s", cpu < COLD_GOAL_S),
+        (f"warm throughput, per CPU second ({count} appeals)", f"{rate:,.0f}/s", f">= {THROUGHPUT_GOAL:,}/s",
          rate >= THROUGHPUT_GOAL),
     ]
     print(f"{'measure':<42} {'value':>10} {'goal':>12}  ok")
@@ -123,7 +128,7 @@ def main() -> None:
         print(f"{name:<42} {value:>10} {goal:>12}  {'yes' if ok else 'NO'}")
     print(f"(best of {args.cold_runs} cold starts; jieba's dictionary cache in the temp dir was "
           f"{'present' if any(Path('/tmp').glob('jieba*.cache')) else 'absent'})")
-    print(f"\n{'characters':>10} {'appeals/s':>10}  (1 core)")
+    print(f"\n{'characters':>10} {'appeals/s':>10}  (per CPU second)")
     for length, rate in by_length(config, args.seconds):
         print(f"{length:>10,} {rate:>10,.0f}")
 

@@ -97,7 +97,7 @@ class AppealClassifier:
             staging = path.with_suffix(f".{os.getpid()}.tmp")
             model.save(staging, fingerprint=self.fingerprint, corrections="0", examples=str(len(self.examples)))
             os.replace(staging, path)
-        except OSError as error:  # a read-only home only costs the next start its training time
+        except OSError as error:  # a read-only cache folder only costs the next start its training time
             log.warning("cannot keep the shipped model in %s: %s", path.parent, error)
         return model
 

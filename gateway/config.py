@@ -43,7 +43,6 @@ class Settings:
     telegram_webhook_secret: str = "sandbox-webhook-secret"  # echoed in X-Telegram-Bot-Api-Secret-Token
     telegram_sandbox_port: int = 8090
     telegram_polling: bool = False  # local development: poll getUpdates instead of a webhook
-    default_region: str = "CN"  # phone numbers written without a country code are read in this region
     # The generic HTTP channel (adapters/http_api: its Config documents each; empty: its default).
     # Enabled when http_secret is set; without http_send_url it talks to its loopback sandbox.
     http_secret: str = ""

@@ -4,6 +4,7 @@ and the contract's layering (adapters/ imports nothing from the gateway)."""
 from __future__ import annotations
 
 import ast
+import importlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,3 +64,12 @@ def test_adapters_import_nothing_from_the_gateway_or_broadcasts() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             imported |= {(path.name, name) for name in names if name.split(".")[0] in ("gateway", "broadcasts")}
     assert imported == set()
+
+
+def test_sandboxes_still_found_once_the_sandbox_modules_are_imported() -> None:
+    """Importing `adapters.<package>.sandbox` sets that attribute of the package to the module: the
+    function the registry calls must have another name."""
+    for package in ("twilio_sms", "telegram", "http_api"):
+        importlib.import_module(f"adapters.{package}.sandbox")
+    assert [s.name for s in sandboxes(load_settings({"GRIDLINE_HTTP_SECRET": "s"}))] == [
+        "twilio-sandbox", "telegram-sandbox", "http-sandbox"]

@@ -19,7 +19,7 @@ from gateway import cli
 from gateway.config import Settings
 from gateway.domain import cases, desk, workflow
 from gateway.domain.city import load_city
-from gateway.store import DeskLabelRow, import_city, make_engine, migrate, session_factory, utcnow
+from gateway.store import CaseRow, DeskLabelRow, import_city, make_engine, migrate, session_factory, utcnow
 from gateway.world import SMS, World
 from tests.test_classifier import write_tiny_city
 
@@ -195,3 +195,18 @@ def test_help_documents_the_input_format(command, capsys):
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     assert "JSON" in capsys.readouterr().out
+
+
+# -- what the resident is told ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_a_triage_acknowledgement_names_no_guess(language):
+    city = load_city(CONFIG / "city")
+    guess = city.categories["sanitation"]
+    case = CaseRow(number="2612030001", language=language, queue="triage", category="sanitation",
+                   grid_code="QH-DH-01-01", department="GRID_CENTER", assigned_worker_id=None)
+    text = cases.acknowledgement(city, case)
+    assert "2612030001" in text
+    assert guess.name not in text and guess.name_en not in text
+    assert city.grids["QH-DH-01-01"].name not in text and city.grids["QH-DH-01-01"].name_en not in text
+    assert ("正在核实" if language == "zh" else "being confirmed") in text

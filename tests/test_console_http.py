@@ -93,7 +93,7 @@ def test_an_audience_outside_the_jurisdiction_is_refused_without_a_count(stack):
 
 @pytest.mark.parametrize("body, content_type, status", [
     (b"csrf=%ED%A0%80&phone=1", "application/x-www-form-urlencoded", 403),  # a lone surrogate's bytes
-    (b"csrf=\xff\xfe&phone=\xff", "application/x-www-form-urlencoded", 403),
+    (b"csrf=\xff\xfe&phone=\xff", "application/x-www-form-urlencoded", 400),  # not UTF-8: unreadable
     (b"--x\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nA\r\n--x--\r\n", "multipart/form-data; boundary=x",
      415),
     (b"{}", "application/json", 415),
