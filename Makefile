@@ -19,7 +19,7 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
-# The quick tier (about a minute): everything but whole stacks on PostgreSQL and the two-stack proof.
+# The quick tier (about a minute on an idle machine): everything below a running `gridline up`, on both stores.
 quick: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports

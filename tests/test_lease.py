@@ -56,10 +56,12 @@ def test_a_standby_sweeper_takes_over_when_the_holder_dies(store_settings, fresh
             value = connection.get("gridline:lease:sweeper")
             return int(value.decode().split(":")[1]) if value else None
 
-        first = wait_for(lambda: holder() in {p.pid for p in processes} and holder(), what="a sweeper to hold")
+        # A sweeper takes seconds to start (imports, the store, Redis): longer on a busy machine.
+        first = wait_for(lambda: holder() in {p.pid for p in processes} and holder(), timeout=90,
+                         what="a sweeper to hold")
         acting = next(n for n, p in enumerate(processes) if p.pid == first)
         standby = 1 - acting
-        wait_for(lambda: "standing by" in logs[standby].read_text(), what="the other to stand by")
+        wait_for(lambda: "standing by" in logs[standby].read_text(), timeout=90, what="the other to stand by")
         wait_for(lambda: "sweep" in logs[acting].read_text() and "acting, token 1" in logs[acting].read_text(),
                  what="the holder to act")
         assert "acting" not in logs[standby].read_text() and holder() == first
