@@ -124,7 +124,7 @@ def test_a_lane_serves_urgent_before_bulk_queued_earlier(world, sender_environme
 
 def test_retryable_failure_waits_its_backoff_and_a_final_one_fails(world):
     settings, sessions, connection, twilio, _ = world
-    [retry, final] = add(sessions, sms("+8613800000003", "retry me"), sms("+8613800000004", "never"))
+    [retry] = add(sessions, sms("+8613800000003", "retry me"))
     assert http_json("POST", f"{twilio}/_sandbox/faults", {"status": 500, "count": 1})[0] == 200
     lane = Lane(build_channels(settings)[SMS], sessions, connection, concurrency=1)
     assert run(lane, [retry.id]) == []
@@ -134,6 +134,7 @@ def test_retryable_failure_waits_its_backoff_and_a_final_one_fails(world):
     scheduled = Queue(outbox.lane_queue(SMS, outbox.URGENT), connection=connection).scheduled_job_registry
     assert scheduled.count == 1  # the retry waits in rq's scheduler
     assert http_json("POST", f"{twilio}/_sandbox/opt-out", {"phone": "+8613800000004"})[0] == 200
+    [final] = add(sessions, sms("+8613800000004", "never"))
     assert run(Lane(build_channels(settings)[SMS], sessions, connection, concurrency=1), [final.id]) == []
     row = state_of(sessions, final.id)
     assert row.state == "failed" and "21610" in row.last_error
@@ -166,6 +167,20 @@ def test_a_redis_outage_in_the_rate_limit_leaves_rows_pending_not_failed(world, 
     assert sent_at(twilio, "+8613800000006") == []
 
 
+def test_an_urgent_job_also_takes_the_channels_other_due_replies_but_no_notice(world):
+    settings, sessions, connection, twilio, _ = world
+    acks = add(sessions, *(sms(f"+86138000003{n:02d}", f"ack {n}") for n in range(3)))
+    [notice] = add(sessions, sms("+8613800000399", "notice", kind="broadcast"))
+    lane = Lane(build_channels(settings)[SMS], sessions, connection, concurrency=3)
+    assert run(lane, [acks[0].id]) == []  # the job named one acknowledgement
+    assert [state_of(sessions, a.id).state for a in acks] == ["sent"] * 3
+    assert state_of(sessions, notice.id).state == "pending"  # notices wait for their own bulk jobs
+    outbox.enqueue(connection, acks[1:])
+    [job] = Queue(outbox.lane_queue(SMS, outbox.URGENT), connection=connection).jobs
+    assert run(Lane(build_channels(settings)[SMS], sessions, connection, concurrency=1), job.args[1]) == []
+    assert sum(http_json("GET", f"{twilio}/_sandbox/recipients")[1].values()) == 3  # their jobs sent nothing twice
+
+
 def test_a_rate_limited_bulk_job_hands_back_what_is_left(world):
     settings, sessions, connection, twilio, _ = world
     rows = add(sessions, *(sms(f"+86138000002{n:02d}", f"n{n}", kind="broadcast") for n in range(20)))
@@ -179,13 +194,14 @@ def test_a_rate_limited_bulk_job_hands_back_what_is_left(world):
 
 def test_reconcile_finds_what_a_dead_sender_sent_and_resends_or_fails_the_rest(world):
     settings, sessions, connection, twilio, _ = world
-    queued = add(sessions, sms("+8613800000007", "already sent"), sms("+8613800000008", "never sent"),
-                 DeliveryRow(kind="broadcast", channel=RESIDENT_BOT, recipient="88", body="notice",
-                             state="pending", attempts=0, broadcast_id=1, resident_id="R1"),
-                 DeliveryRow(kind="reply", channel=RESIDENT_BOT, recipient="89", body="reply",
-                             state="pending", attempts=0))
+    queued = add(sessions, sms("+8613800000007", "already sent"))
     lane = Lane(build_channels(settings)[SMS], sessions, connection, concurrency=1)
     assert run(lane, [queued[0].id]) == []
+    queued += add(sessions, sms("+8613800000008", "never sent"),
+                  DeliveryRow(kind="broadcast", channel=RESIDENT_BOT, recipient="88", body="notice",
+                              state="pending", attempts=0, broadcast_id=1, resident_id="R1"),
+                  DeliveryRow(kind="reply", channel=RESIDENT_BOT, recipient="89", body="reply",
+                              state="pending", attempts=0))
     long_ago = utcnow() - timedelta(minutes=5)
     with sessions() as session, session.begin():
         session.execute(update(DeliveryRow).where(DeliveryRow.id.in_([q.id for q in queued]))

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import redis
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import Channel, Outgoing, SendError, Unsure
@@ -106,8 +106,14 @@ class Lane:
                     log.exception("delivery %s on %s could not be sent", row.id, self.channel.name)
                     return SendError(f"{type(error).__name__}: {error}", retryable=False, code="bug")
 
+        first = True
         while remaining:
-            claimed, waiting, wait = self._take(remaining)
+            # The first round of an urgent job also takes every other reply and alert already due on
+            # this channel: under load the lane then sends many per claim and per commit, and the
+            # jobs queued for them find nothing left (bench/ack_latency.py: one commit per job held
+            # acknowledgements to the pace of the store's fsyncs).
+            claimed, waiting, wait = self._take(remaining, also_due=first and priority == outbox.URGENT)
+            first = False
             if claimed:
                 results = await asyncio.gather(*(attempt(row) for row in claimed))
                 self._record(claimed, results)
@@ -118,15 +124,22 @@ class Lane:
                 await asyncio.sleep(max(wait, 0.01))
         return []
 
-    def _take(self, ids: list[int]) -> tuple[list[Claimed], list[int], float]:
-        """Claim the rows the rate limit lets go now; the ids still to wait for, and for how long."""
+    def _take(self, ids: list[int], also_due: bool = False) -> tuple[list[Claimed], list[int], float]:
+        """Claim the rows the rate limit lets go now; the ids still to wait for, and for how long.
+
+        `also_due`: the channel's other urgent rows that are due join the job's own (at most
+        IDS_PER_JOB in all)."""
         now = utcnow()
+        own = DeliveryRow.id.in_(ids)
+        wanted = or_(own, and_(DeliveryRow.channel == self.channel.name,
+                               DeliveryRow.kind.in_(outbox.URGENT_KINDS))) if also_due else own
         with self.sessions() as session:
             rows = session.execute(select(DeliveryRow.id, DeliveryRow.recipient, DeliveryRow.body,
                                           DeliveryRow.broadcast_id)
-                                   .where(DeliveryRow.id.in_(ids), DeliveryRow.state == "pending",
-                                          DeliveryRow.next_attempt_at <= now)
-                                   .order_by(DeliveryRow.id)).all()
+                                   .where(wanted, DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now)
+                                   # the job's own rows first, so the limit never leaves one of them out
+                                   .order_by(case((own, 0), else_=1), DeliveryRow.id)
+                                   .limit(outbox.IDS_PER_JOB)).all()
             broadcast_ids = {row.broadcast_id for row in rows if row.broadcast_id is not None}
             if broadcast_ids and self.broadcasts:
                 held = self.broadcasts.held(session, broadcast_ids, now)

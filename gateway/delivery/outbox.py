@@ -28,6 +28,7 @@ from gateway.store import ContactRow, DeliveryRow, utcnow
 from gateway.world import SMS
 
 URGENT, BULK = "urgent", "bulk"
+URGENT_KINDS = ("reply", "alert")  # every kind but "broadcast"
 PRIORITIES = (URGENT, BULK)  # the order a lane serves its queues in
 SEND_JOB = "gateway.roles.jobs.send_job"  # by name: the lane's process imports it, the producers need not
 IDS_PER_JOB = 500  # enough to amortise rq's ~40 Redis round trips per job

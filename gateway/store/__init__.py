@@ -268,6 +268,8 @@ class DeliveryRow(Base):
     __table_args__ = (
         UniqueConstraint("broadcast_id", "resident_id", name="uq_delivery_broadcast_resident"),
         Index("ix_deliveries_due", "state", "next_attempt_at"),
+        # A lane's due replies and alerts without scanning a broadcast's pending notices.
+        Index("ix_deliveries_lane", "state", "channel", "kind", "next_attempt_at"),
         Index("ix_deliveries_broadcast", "broadcast_id", "state"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
