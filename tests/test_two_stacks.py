@@ -194,7 +194,7 @@ def test_an_overdue_case_escalates_once_per_level_with_both_clocks(stacks):
     for level in (2, 1):
         at += timedelta(minutes=1)
         for stack in stacks:  # both clocks, the same moment
-            done = stack.gridline("tick", "--now", at.isoformat())
+            done = stack.gridline("tick", "--now", at.isoformat() + "+00:00")  # a naive time is local
             assert done.returncode == 0, done.stderr
         wait_for(lambda level=level: escalations() >= 3 - level, timeout=120, interval=0.2,
                  what=f"escalation to level {level}")
