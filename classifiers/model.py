@@ -21,7 +21,7 @@ from classifiers.gazetteer import Gazetteer
 from classifiers.normalize import normalize
 from classifiers.registry import Registry
 from classifiers.segment import Segmenter
-from classifiers.text_model import Example, Featurizer, PhraseIndex, TextModel, load_examples
+from classifiers.text_model import TRAINING, Example, Featurizer, PhraseIndex, TextModel, load_examples
 from gateway.config import Settings
 from gateway.domain.city import City
 
@@ -83,7 +83,7 @@ class AppealClassifier:
         """Trained from the shipped examples once per configuration and machine user, then read back
         from the user's cache folder (as jieba caches its dictionary): training takes ~1 s on a quiet
         machine and far more on a busy one, reading ~0.05 s; cold start must stay under 3 s."""
-        digest = hashlib.sha256(self.fingerprint.encode())
+        digest = hashlib.sha256(f"{self.fingerprint}\n{TRAINING}\n".encode())
         for example in self.examples:
             digest.update(f"{example.text}\t{example.category}\t{example.appeal_type}\n".encode())
         path = _cache_dir() / f"shipped-{digest.hexdigest()[:16]}.npz"

@@ -210,6 +210,20 @@ def write_tiny_city(tmp_path: Path) -> Settings:
                     classifier_threshold=0.3)
 
 
+def test_a_new_examples_file_is_trained_on_not_read_from_a_stale_cache(tmp_path, monkeypatch):
+    """Every examples*.jsonl file is part of the shipped model's cache key."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    settings = write_tiny_city(tmp_path)
+    city = load_city(settings.city_dir)
+    assert build_classifier(city, settings).classify("户口本丢了", None).category != "misc"
+    more = [("户口本丢了", "misc", "ask"), ("户口迁移", "misc", "ask"), ("户口登记", "misc", "ask")]
+    (settings.config_dir / "classifier" / "examples-more.jsonl").write_text("".join(
+        json.dumps({"text": t, "expected": {"category": c, "appeal_type": a}}, ensure_ascii=False) + "\n"
+        for t, c, a in more), encoding="utf-8")
+    assert build_classifier(city, settings).classify("户口本丢了", None).category == "misc"
+    assert len(list((tmp_path / "cache" / "gridline").glob("shipped-*.npz"))) == 2
+
+
 def test_a_new_city_needs_no_code_change(tmp_path):
     """A tiny city built from files alone."""
     settings = write_tiny_city(tmp_path)

@@ -8,13 +8,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from classifiers import build_classifier
 from classifiers.calibration import Row, choose, table
+from classifiers.crossval import cross_validate, fold_of, log_loss
 from classifiers.normalize import normalize, romanize, squeeze
 from classifiers.registry import SHIPPED, Registry, RegistryError
-from classifiers.text_model import Example
+from classifiers.text_model import Example, TextModel, train_softmax
 from gateway import cli
 from gateway.config import Settings
 from gateway.domain import cases, desk, workflow
@@ -65,6 +67,51 @@ def test_calibration_picks_the_lowest_threshold_reaching_the_target_within_the_b
 def test_calibration_falls_back_to_the_most_accurate_affordable_threshold():
     rows = [Row(0.3, 1.0, 0.85), Row(0.5, 0.90, 0.90), Row(0.7, 0.80, 0.99)]  # 0.7 sends 20 % to triage
     assert choose(rows, target=0.97, max_triage=0.15).threshold == 0.5
+
+
+# -- training: penalty, scale, cross-validation -----------------------------------------------------
+
+def test_the_l2_penalty_shrinks_the_weights():
+    rows = [np.array([0, 1]), np.array([0, 2]), np.array([0, 3]), np.array([0, 4])]
+    free = train_softmax(rows, [0, 0, 1, 1], 2, 5)
+    penalised = train_softmax(rows, [0, 0, 1, 1], 2, 5, l2=0.05)
+    assert np.abs(penalised).sum() < 0.75 * np.abs(free).sum()
+    assert (penalised[1:3, 0] > penalised[1:3, 1]).all()  # still learns which way each word points
+
+
+def test_the_category_scale_sharpens_confidence_and_keeps_the_order(tmp_path):
+    settings = write_tiny_city(tmp_path)
+    classifier = build_classifier(load_city(settings.city_dir), settings)
+    text = normalize("垃圾桶满了")
+    flat, sharp = (TextModel.train(classifier.featurizer, classifier.examples, classifier.segmenter.tokenize,
+                                   category_scale=scale).predict(text, classifier.segmenter.tokenize(text))
+                   for scale in (1.0, 3.0))
+    assert [c for c, _ in flat.categories] == [c for c, _ in sharp.categories]
+    assert sharp.categories[0][1] > flat.categories[0][1]
+
+
+def test_folds_come_from_the_text_alone():
+    texts = [f"appeal {i}" for i in range(500)]
+    folds = [fold_of(t, 5) for t in texts]
+    assert folds == [fold_of(t, 5) for t in texts] and set(folds) == {0, 1, 2, 3, 4}
+    assert min(folds.count(k) for k in range(5)) > 70  # roughly even
+
+
+def test_cross_validation_predicts_every_example_once(tmp_path):
+    settings = write_tiny_city(tmp_path)
+    classifier = build_classifier(load_city(settings.city_dir), settings)
+    scores = cross_validate(classifier, classifier.examples, folds=3)
+    assert len(scores.truth) == len(scores.probabilities) == len(classifier.examples)
+    assert 0.0 <= scores.category <= 1.0 and 0.0 <= scores.appeal_type <= 1.0
+    assert all(abs(sum(row) - 1) < 1e-6 for row in scores.probabilities)
+
+
+def test_log_loss_rewards_a_sharper_scale_only_when_the_model_is_right():
+    right = ([0.6, 0.5], [[0.6, 0.4], [0.5, 0.3, 0.2]])
+    wrong = ([0.4], [[0.6, 0.4]])
+    assert log_loss(*right, 1.0) == pytest.approx(-(np.log(0.6) + np.log(0.5)) / 2)
+    assert log_loss(*right, 3.0) < log_loss(*right, 1.0)
+    assert log_loss(*wrong, 3.0) > log_loss(*wrong, 1.0)
 
 
 # -- the model registry ----------------------------------------------------------------------------
