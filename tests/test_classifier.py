@@ -16,6 +16,7 @@ from gateway.domain.city import load_city
 CONFIG = Path("config")
 DEV_SET = Path("tests/data/appeals-dev.jsonl")
 HOLDOUT = CONFIG / "classifier" / "holdout.jsonl"
+HOLDOUT_2 = CONFIG / "classifier" / "holdout-2.jsonl"
 OUTPUT_KEYS = {"category", "appeal_type", "department", "grid", "place", "confidence"}
 
 
@@ -137,12 +138,21 @@ def test_held_out_voices_floor(classifier):
     out = io.StringIO()
     report = evaluate_file(Settings(config_dir=CONFIG), HOLDOUT, out, classifier)
     assert "grid" not in report["accuracy"]  # not labelled there, so not scored
-    assert report["accuracy"]["category"] >= 0.81
-    assert report["accuracy"]["appeal_type"] >= 0.77
-    assert report["macro_f1"]["category"] >= 0.80
+    assert report["accuracy"]["category"] >= 0.88
+    assert report["accuracy"]["appeal_type"] >= 0.79
+    assert report["macro_f1"]["category"] >= 0.88
     assert set(report["by_voice"]) == {"angry", "dialect", "elderly", "english", "plain", "rambling", "terse",
                                        "traditional"}
     assert "by voice" in out.getvalue()
+
+
+def test_second_held_out_set_floor(classifier):
+    """holdout-2.jsonl, written after the first model's misses were known and never trained on."""
+    report = evaluate_file(Settings(config_dir=CONFIG), HOLDOUT_2, io.StringIO(), classifier)
+    assert report["accuracy"]["category"] >= 0.90
+    assert report["accuracy"]["appeal_type"] >= 0.81
+    assert report["accuracy"]["department"] >= 0.82  # triage counted as wrong
+    assert report["macro_f1"]["category"] >= 0.90
 
 
 @pytest.mark.parametrize(("text", "category"), [  # a newcomer's findings (issue 15)
