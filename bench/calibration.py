@@ -1,8 +1,9 @@
 """The confidence threshold: threshold -> share routed automatically -> department accuracy on those.
 
-Runs the classifier with no threshold over a labelled file it never trained on (default: the
-voice-tagged held-out appeals, config/classifier/holdout.jsonl) and prints the table and the
-threshold `classifiers.calibration.choose` picks (GRIDLINE_CLASSIFIER_THRESHOLD's default).
+Runs the classifier with no threshold over labelled files it never trained on (default: both
+voice-tagged held-out files, config/classifier/holdout.jsonl and holdout-2.jsonl, together) and
+prints the table and the threshold `classifiers.calibration.choose` picks
+(GRIDLINE_CLASSIFIER_THRESHOLD's default).
 
     .venv/bin/python bench/calibration.py [FILE.jsonl ...]
 """
@@ -26,7 +27,9 @@ from gateway.domain.city import load_city  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="*", type=Path, default=[ROOT / "config" / "classifier" / "holdout.jsonl"])
+    held_out = ROOT / "config" / "classifier"
+    parser.add_argument("files", nargs="*", type=Path,
+                        default=[held_out / "holdout.jsonl", held_out / "holdout-2.jsonl"])
     args = parser.parse_args()
     settings = replace(Settings(config_dir=ROOT / "config"), classifier_threshold=0.0)
     classifier = build_classifier(load_city(settings.city_dir), settings)
