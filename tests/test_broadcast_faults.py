@@ -1,4 +1,4 @@
-"""Exactly once under faults: 10,000 synthetic recipients while rq workers and the channels'
+"""Exactly once under faults: 4,000 synthetic recipients while rq workers and the channels'
 senders are killed with -9 (their whole process groups, scheduler children included) and
 restarted, and while the provider answers 429 / 500 for a while. At the end the sandbox holds
 exactly one message per recipient."""
@@ -20,7 +20,7 @@ from gateway.store import GridRow, ResidentRow, make_engine, session_factory
 from tests.conftest import Stack, http_json, stack_environment, wait_for
 from tests.test_broadcast_stack import cli_json, marked, running_stack
 
-RECIPIENTS = 10_000
+RECIPIENTS = 4_000
 
 
 def phone(n: int) -> str:
@@ -28,7 +28,7 @@ def phone(n: int) -> str:
 
 
 def synthetic_store(home: Path) -> None:
-    """The sample city's grids and staff, with 10,000 synthetic residents instead of its own."""
+    """The sample city's grids and staff, with 4,000 synthetic residents instead of its own."""
     settings = load_settings(stack_environment(home))
     prepare_store(settings)
     engine = make_engine(settings.sqlalchemy_url)
@@ -82,7 +82,7 @@ def test_kill_minus_nine_of_the_workers_loses_and_doubles_nothing(fstack):
     number = str(created["id"])
     cli_json(fstack, "send", number)
     kills = 0
-    for threshold in (1500, 4000, 6500):
+    for threshold in (600, 1600, 2600):
         wait_for(lambda threshold=threshold: sum(marked(fstack, "[kill-test]").values()) >= threshold,
                  timeout=60, interval=0.05, what=f"{threshold} sent")
         groups = worker_groups(fstack)
@@ -100,7 +100,7 @@ def test_kill_minus_nine_of_the_workers_loses_and_doubles_nothing(fstack):
 
 def test_provider_429_and_500_for_a_while(fstack):
     for status in (429, 500):
-        code, _ = http_json("POST", f"{fstack.sandbox_url}/_sandbox/faults", {"status": status, "count": 1500})
+        code, _ = http_json("POST", f"{fstack.sandbox_url}/_sandbox/faults", {"status": status, "count": 600})
         assert code == 200
     created = cli_json(fstack, "create", "--audience", "all", "--text", "zh=[fault-test]{name}您好，明日接种疫苗。")
     number = str(created["id"])
