@@ -14,6 +14,10 @@ in that phase, and whether every recipient got exactly one message at the sandbo
     .venv/bin/python bench/broadcast.py              # 100,000 residents
     .venv/bin/python bench/broadcast.py --residents 20000 --only without
     .venv/bin/python bench/broadcast.py --million    # 1,000,000
+    .venv/bin/python bench/broadcast.py --million --database postgresql --only without
+
+On PostgreSQL it starts a throwaway cluster from Debian's postgresql package (tests/postgres.py,
+fsync on); the memory figures are our processes' (the server's is its own configuration).
 """
 
 from __future__ import annotations
@@ -204,6 +208,7 @@ def main() -> None:
                         help="delivery reports in the second phase: all (as Twilio: sent and delivered) "
                              "or final (delivered only)")
     parser.add_argument("--only", choices=("without", "with"), help="run one phase only")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     count = 1_000_000 if args.million else args.residents
     phases = [Phase("without delivery reports", "none"), Phase("with delivery reports", args.reports)]
@@ -217,6 +222,14 @@ def main() -> None:
                 "GRIDLINE_WORKERS": str(args.workers), "GRIDLINE_QUIET_HOURS": "",
                 "GRIDLINE_SMS_RATE_LIMIT": "0", "GRIDLINE_TELEGRAM_RATE_LIMIT": "0",
                 "GRIDLINE_SMS_SIGNATURE": "【网格中心】"})
+    cluster = None
+    if args.database == "postgresql":
+        from tests.postgres import Cluster, postgres_bin
+
+        if postgres_bin() is None:
+            sys.exit("PostgreSQL is needed: apt-get install postgresql")
+        cluster = Cluster(postgres_bin(), durable=True).start()
+        env["GRIDLINE_DATABASE_URL"] = cluster.database()
     settings = load_settings(env)
     print(f"store: sample city + {count:,} synthetic residents ...", flush=True)
     generating = time.monotonic()
@@ -234,7 +247,9 @@ def main() -> None:
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(120)
-    print(f"\nrecipients: {count:,}")
+        if cluster is not None:
+            cluster.stop()
+    print(f"\nrecipients: {count:,} ({args.database})")
     for phase in phases:
         report(phase, count)
     shutil.rmtree(home, ignore_errors=True)

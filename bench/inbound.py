@@ -13,6 +13,13 @@ working, so they compete with the gateway for the two cores and the SQLite write
     apt-get install wrk      # the load generator (C, so the client is not the bottleneck)
     .venv/bin/python bench/inbound.py [--seconds 10] [--connections 64]
     .venv/bin/python bench/inbound.py --database sqlite,postgresql   # both stores side by side
+    .venv/bin/python bench/inbound.py --database postgresql --web-hosts 2
+
+`--web-hosts 2` (PostgreSQL) also starts a second `gridline up --role web,intake` in a home of its
+own, on the same PostgreSQL and the first one's Redis, with the same public URL (as two hosts
+behind a load balancer), and drives both at once, half the connections each, on disjoint halves
+of the webhooks. On one machine the two "hosts" share its two cores: the figure shows what a
+second intake costs and that nothing is lost or doubled, not how two machines scale.
 
 On PostgreSQL it starts a throwaway cluster from Debian's postgresql package (tests/postgres.py),
 fsync on, as a production server would run.
@@ -33,6 +40,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
@@ -58,6 +66,7 @@ function setup(thread)
 end
 function init(args)
   thread_count = tonumber(args[2])
+  id = id + tonumber(args[3] or "0")  -- a second wrk (a second web host) takes other bodies
   local n = 0
   for line in io.lines(args[1]) do
     if n % thread_count == id then
@@ -187,6 +196,7 @@ def measure(args: argparse.Namespace, database: str) -> dict:
     print(f"[{database}] starting gridline up ...", flush=True)
     stack = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up"], cwd=ROOT, env=env,
                              stdout=(home / "gridline.log").open("w"), stderr=subprocess.STDOUT)
+    hosts: list[subprocess.Popen] = []
     try:
         wait_http(f"http://{settings.host}:{settings.port}/healthz")
         redis = connect(f"unix://{home / 'redis' / 'redis.sock'}")
@@ -200,10 +210,15 @@ def measure(args: argparse.Namespace, database: str) -> dict:
         if Worker.count(connection=redis) < args.workers:
             print(f"warning: only {Worker.count(connection=redis)} of {args.workers} workers ready after 60 s")
         mode = "workers running" if args.live else "workers suspended"
-        print(f"[{database}] gateway: signed appeals, {args.connections} connections, {args.seconds} s, {mode} ...",
-              flush=True)
-        result = run_wrk(f"http://{settings.host}:{settings.port}", "/webhooks/twilio/sms",
-                         [str(bodies), "2"], args.seconds, args.connections, WRK_SCRIPT)
+        print(f"[{database}] gateway: signed appeals, {args.connections} connections, {args.seconds} s, {mode}, "
+              f"{args.web_hosts} web host(s) ...", flush=True)
+        if args.web_hosts == 1:
+            result = run_wrk(f"http://{settings.host}:{settings.port}", "/webhooks/twilio/sms",
+                             [str(bodies), "2"], args.seconds, args.connections, WRK_SCRIPT)
+        else:
+            second = second_web_host(env, home, redis_url=f"unix://{home / 'redis' / 'redis.sock'}")
+            hosts.append(second)
+            result = run_wrk_on_both([env["GRIDLINE_PORT"], second.port], settings.host, bodies, args)
         accepted = result["requests"] - result["non2xx"]
         engine = create_engine(settings.sqlalchemy_url)
         with engine.connect() as connection:
@@ -225,13 +240,43 @@ def measure(args: argparse.Namespace, database: str) -> dict:
         engine.dispose()
         print()
     finally:
-        stack.send_signal(signal.SIGTERM)
-        stack.wait(60)
+        for host in [*hosts, stack]:
+            host.send_signal(signal.SIGTERM)
+            host.wait(60)
         if cluster is not None:
             cluster.stop()
     shutil.rmtree(home, ignore_errors=True)
     return {"result": result, "accepted": accepted, "stored": stored, "queued_jobs": queued_jobs,
             "queued_ids": queued_ids, "done": done, "drain": drain, "acks": acks}
+
+
+def second_web_host(env: dict[str, str], home: Path, redis_url: str) -> subprocess.Popen:
+    """`gridline up --role web,intake` beside the first stack: its own home and port, the same
+    store, Redis and public URL. Its port is on the returned process as `.port`."""
+    second_home = home / "second-host"
+    second_home.mkdir()
+    port = str(free_port())
+    second_env = {**env, "GRIDLINE_HOME": str(second_home), "GRIDLINE_PORT": port, "GRIDLINE_REDIS_URL": redis_url,
+                  "GRIDLINE_PUBLIC_URL": f"http://127.0.0.1:{env['GRIDLINE_PORT']}",
+                  "GRIDLINE_METRICS_PORT": str(free_port())}
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up", "--role", "web,intake"], cwd=ROOT,
+                               env=second_env, stdout=(second_home / "gridline.log").open("w"),
+                               stderr=subprocess.STDOUT)
+    process.port = port  # type: ignore[attr-defined]
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return process
+
+
+def run_wrk_on_both(ports: list[str], host: str, bodies: Path, args: argparse.Namespace) -> dict:
+    """Both hosts at once, half the connections each, each wrk on its own half of the bodies. The
+    percentiles are the worse host's (wrk reports no histogram to merge)."""
+    with ThreadPoolExecutor(len(ports)) as pool:
+        runs = list(pool.map(lambda n: run_wrk(f"http://{host}:{ports[n]}", "/webhooks/twilio/sms",
+                                               [str(bodies), "4", str(2 * n)], args.seconds,
+                                               args.connections // 2, WRK_SCRIPT), range(len(ports))))
+    return {"requests": sum(r["requests"] for r in runs), "seconds": max(r["seconds"] for r in runs),
+            "non2xx": sum(r["non2xx"] for r in runs), "socket_errors": sum(r["socket_errors"] for r in runs),
+            "p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs)}
 
 
 def main() -> None:
@@ -243,7 +288,11 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="let the workers run during the burst")
     parser.add_argument("--database", default="sqlite",
                         help="sqlite, postgresql, or both side by side: sqlite,postgresql")
+    parser.add_argument("--web-hosts", type=int, choices=(1, 2), default=1,
+                        help="2: a second web host (PostgreSQL only) beside the first")
     args = parser.parse_args()
+    if args.web_hosts == 2 and args.database != "postgresql":
+        parser.error("--web-hosts 2 needs --database postgresql (SQLite serves one host)")
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
 

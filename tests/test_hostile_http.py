@@ -83,7 +83,7 @@ def signed(stack: Stack, path: str, form: dict[str, str]) -> dict[str, str]:
 
 
 def valid_appeal(stack: Stack) -> int:
-    form = inbound_form(GOOD_SENDER, f"翠湖花园{secrets.randbelow(50)}号楼门口垃圾没人清", stack.settings)
+    form = inbound_form(GOOD_SENDER, f"翠湖花园{secrets.randbelow(50)}号楼门口垃圾三天没人清了", stack.settings)
     status, _, _ = send(stack, "POST", "/webhooks/twilio/sms", urllib.parse.urlencode(form).encode(),
                         signed(stack, "/webhooks/twilio/sms", form))
     return status

@@ -55,6 +55,8 @@ def stacks(postgres, tmp_path_factory) -> Iterator[tuple[Stack, Stack]]:
                 home.mkdir()
             with running_stack(homes[0], **shared) as first, running_stack(homes[1], **shared) as second:
                 yield first, second
+                for stack in (first, second):  # both stop at once (each then waits for its own)
+                    stack.process.send_signal(signal.SIGTERM)
     finally:
         redis.stop()
 
