@@ -271,6 +271,8 @@ class DeliveryRow(Base):
         # A lane's due replies and alerts without scanning a broadcast's pending notices.
         Index("ix_deliveries_lane", "state", "channel", "kind", "next_attempt_at"),
         Index("ix_deliveries_broadcast", "broadcast_id", "state"),
+        # A case's messages: its first reply times the acknowledgement (gateway.metrics).
+        Index("ix_deliveries_case", "case_id", "kind"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # reply, alert or broadcast
