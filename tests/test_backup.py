@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from gateway.store import ResidentRow, WorkerRow
@@ -20,6 +21,7 @@ def counts(url: str) -> tuple[int, int]:
     return found
 
 
+@pytest.mark.slow
 def test_backup_copies_the_store(store_settings, tmp_path, request):
     url = store_settings.sqlalchemy_url
     env = stack_environment(store_settings.home, GRIDLINE_DATABASE_URL=url)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from gateway.delivery.ratelimit import TokenBucket
@@ -27,6 +28,7 @@ print(granted)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_limit(redis_url):
     end = time.time() + 1.0 + SECONDS  # both start hammering at the same wall-clock moment
     hammers = [subprocess.Popen([sys.executable, "-c", HAMMER, redis_url, str(RATE), str(end)], cwd=ROOT,

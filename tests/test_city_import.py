@@ -52,6 +52,7 @@ def test_a_bad_cell_is_reported_by_file_row_and_column(tmp_path, filename, old, 
     assert any(problem.startswith(where) for problem in raised.value.problems), raised.value.problems
 
 
+@pytest.mark.slow
 def test_a_failed_import_loads_nothing(tmp_path):
     env = stack_environment(tmp_path / "home")
     good = run_import(env, CONFIG / "city")

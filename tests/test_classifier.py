@@ -220,6 +220,7 @@ def write_tiny_city(tmp_path: Path) -> Settings:
                     classifier_threshold=0.3)
 
 
+@pytest.mark.slow
 def test_a_new_examples_file_is_trained_on_not_read_from_a_stale_cache(tmp_path, monkeypatch):
     """Every examples*.jsonl file is part of the shipped model's cache key."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -134,6 +134,7 @@ def test_registry_promotes_and_rolls_back(tmp_path):
         registry.rollback()
 
 
+@pytest.mark.slow
 def test_a_promoted_model_is_picked_up_without_restart_and_rolled_back(tmp_path):
     settings = write_tiny_city(tmp_path)
     city = load_city(settings.city_dir)
@@ -156,6 +157,7 @@ def test_a_promoted_model_is_picked_up_without_restart_and_rolled_back(tmp_path)
     assert serving.classify(text, None).category == before
 
 
+@pytest.mark.slow
 def test_a_model_trained_for_other_keywords_is_not_served(tmp_path):
     settings = write_tiny_city(tmp_path)
     city = load_city(settings.city_dir)

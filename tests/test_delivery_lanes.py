@@ -157,6 +157,7 @@ def test_a_blocked_chat_is_remembered_and_the_alert_goes_by_sms(world):
     assert [m["body"] for m in sent_at(twilio, "+8613800000005")] == ["新任务"]
 
 
+@pytest.mark.slow
 def test_a_redis_outage_in_the_rate_limit_leaves_rows_pending_not_failed(world, tmp_path):
     settings, sessions, connection, twilio, _ = world
     [row] = add(sessions, sms("+8613800000006", "hello"))

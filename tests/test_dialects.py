@@ -133,6 +133,7 @@ def test_naive_utc_times_round_trip_whatever_the_server_zone(postgres, server_zo
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_hosts_starting_together_migrate_and_import_once(postgres, tmp_path):
     """Three `gridline migrate` at once on one PostgreSQL: the advisory lock lets one do the work."""
     url = postgres.database()

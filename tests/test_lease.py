@@ -45,6 +45,7 @@ def sweeper(env: dict[str, str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_a_standby_sweeper_takes_over_when_the_holder_dies(store_settings, fresh_redis, tmp_path):
     env = stack_environment(store_settings.home, GRIDLINE_DATABASE_URL=store_settings.sqlalchemy_url,
                             GRIDLINE_REDIS_URL=fresh_redis, GRIDLINE_SWEEPER_LEASE="3", GRIDLINE_SWEEP_INTERVAL="0.2")

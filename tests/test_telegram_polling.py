@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
+import pytest
 from aiohttp import web
 
 from adapters.telegram import SANDBOX_TOKENS as SANDBOX_TELEGRAM_TOKENS
@@ -16,6 +17,7 @@ from gateway.roles.telegram_poller import poll
 from tests.conftest import http_json, wait_for
 
 
+@pytest.mark.slow
 def test_polled_updates_take_the_webhook_path():
     received: list[tuple[str, str | None, int]] = []
 
