@@ -41,7 +41,7 @@ from sqlalchemy import delete, insert, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.inbound import free_port, wait_http  # noqa: E402
+from bench.inbound import free_port, postgresql_cluster, wait_http  # noqa: E402
 from broadcasts import service  # noqa: E402
 from broadcasts.audience import GridTree  # noqa: E402
 from broadcasts.cli import progress_line  # noqa: E402
@@ -222,13 +222,8 @@ def main() -> None:
                 "GRIDLINE_WORKERS": str(args.workers), "GRIDLINE_QUIET_HOURS": "",
                 "GRIDLINE_SMS_RATE_LIMIT": "0", "GRIDLINE_TELEGRAM_RATE_LIMIT": "0",
                 "GRIDLINE_SMS_SIGNATURE": "【网格中心】"})
-    cluster = None
-    if args.database == "postgresql":
-        from tests.postgres import Cluster, postgres_bin
-
-        if postgres_bin() is None:
-            sys.exit("PostgreSQL is needed: apt-get install postgresql")
-        cluster = Cluster(postgres_bin(), durable=True).start()
+    cluster = postgresql_cluster() if args.database == "postgresql" else None
+    if cluster is not None:
         env["GRIDLINE_DATABASE_URL"] = cluster.database()
     settings = load_settings(env)
     print(f"store: sample city + {count:,} synthetic residents ...", flush=True)

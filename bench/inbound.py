@@ -55,6 +55,7 @@ from rq.suspension import resume, suspend  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.queues import INBOUND_QUEUE, connect  # noqa: E402
 from gateway.store import DeliveryRow, InboundRow  # noqa: E402
+from tests.postgres import Cluster, postgres_bin  # noqa: E402
 
 WRK_SCRIPT = """
 local bodies, signatures, position = {}, {}, 0
@@ -100,6 +101,14 @@ app = web.Application()
 app.router.add_post("/", hello)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
+
+
+def postgresql_cluster() -> Cluster:
+    """A throwaway PostgreSQL cluster from Debian's package with fsync on, as a production server
+    runs (tests/postgres.py); exits with a line saying what to install when there is none."""
+    if postgres_bin() is None:
+        sys.exit("PostgreSQL is needed: apt-get install postgresql")
+    return Cluster(postgres_bin(), durable=True).start()
 
 
 def free_port() -> int:
@@ -181,13 +190,8 @@ def measure(args: argparse.Namespace, database: str) -> dict:
                 "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
                 "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_METRICS_PORT": str(free_port()),
                 "GRIDLINE_WORKERS": str(args.workers)})
-    cluster = None
-    if database == "postgresql":
-        from tests.postgres import Cluster, postgres_bin
-
-        if postgres_bin() is None:
-            sys.exit("PostgreSQL is needed: apt-get install postgresql")
-        cluster = Cluster(postgres_bin(), durable=True).start()
+    cluster = postgresql_cluster() if database == "postgresql" else None
+    if cluster is not None:
         env["GRIDLINE_DATABASE_URL"] = cluster.database()
     settings = load_settings(env)
     print(f"[{database}] signing {args.bodies} distinct webhooks ...", flush=True)
@@ -216,9 +220,9 @@ def measure(args: argparse.Namespace, database: str) -> dict:
             result = run_wrk(f"http://{settings.host}:{settings.port}", "/webhooks/twilio/sms",
                              [str(bodies), "2"], args.seconds, args.connections, WRK_SCRIPT)
         else:
-            second = second_web_host(env, home, redis_url=f"unix://{home / 'redis' / 'redis.sock'}")
-            hosts.append(second)
-            result = run_wrk_on_both([env["GRIDLINE_PORT"], second.port], settings.host, bodies, args)
+            second_port = str(free_port())
+            hosts.append(second_web_host(env, home, second_port, redis_url=f"unix://{home / 'redis' / 'redis.sock'}"))
+            result = run_wrk_on_both([env["GRIDLINE_PORT"], second_port], settings.host, bodies, args)
         accepted = result["requests"] - result["non2xx"]
         engine = create_engine(settings.sqlalchemy_url)
         with engine.connect() as connection:
@@ -250,19 +254,17 @@ def measure(args: argparse.Namespace, database: str) -> dict:
             "queued_ids": queued_ids, "done": done, "drain": drain, "acks": acks}
 
 
-def second_web_host(env: dict[str, str], home: Path, redis_url: str) -> subprocess.Popen:
-    """`gridline up --role web,intake` beside the first stack: its own home and port, the same
-    store, Redis and public URL. Its port is on the returned process as `.port`."""
+def second_web_host(env: dict[str, str], home: Path, port: str, redis_url: str) -> subprocess.Popen:
+    """`gridline up --role web,intake` on `port` beside the first stack: its own home, the same
+    store, Redis and public URL."""
     second_home = home / "second-host"
     second_home.mkdir()
-    port = str(free_port())
     second_env = {**env, "GRIDLINE_HOME": str(second_home), "GRIDLINE_PORT": port, "GRIDLINE_REDIS_URL": redis_url,
                   "GRIDLINE_PUBLIC_URL": f"http://127.0.0.1:{env['GRIDLINE_PORT']}",
                   "GRIDLINE_METRICS_PORT": str(free_port())}
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up", "--role", "web,intake"], cwd=ROOT,
                                env=second_env, stdout=(second_home / "gridline.log").open("w"),
                                stderr=subprocess.STDOUT)
-    process.port = port  # type: ignore[attr-defined]
     wait_http(f"http://127.0.0.1:{port}/healthz")
     return process
 

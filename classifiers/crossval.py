@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from classifiers.model import READ_LIMIT, AppealClassifier
-from classifiers.normalize import normalize
+from classifiers.model import AppealClassifier
 from classifiers.text_model import CATEGORY_L2, TYPE_L2, Example, TextModel
 from gateway.config import Settings
 from gateway.domain.city import load_city
@@ -43,16 +42,15 @@ def cross_validate(classifier: AppealClassifier, examples: Sequence[Example], fo
                    category_l2: float = CATEGORY_L2, type_l2: float = TYPE_L2, category_scale: float = 1.0,
                    ) -> Scores:
     """Accuracy over all examples, each predicted by a model trained on the other folds."""
-    tokenize = classifier.segmenter.tokenize
     fold = [fold_of(e.text, folds) for e in examples]
     right_category = right_type = typed = 0
     truth, rows = [], []
     for k in range(folds):
         train = [e for e, f in zip(examples, fold, strict=True) if f != k]
-        model = TextModel.train(classifier.featurizer, train, tokenize, category_l2, type_l2, category_scale)
+        model = TextModel.train(classifier.featurizer, train, classifier.segmenter.tokenize,
+                                category_l2, type_l2, category_scale)
         for example in (e for e, f in zip(examples, fold, strict=True) if f == k):
-            text = normalize(example.text[:READ_LIMIT])
-            prediction = model.predict(text, tokenize(text))
+            prediction = model.predict(*classifier.read(example.text))
             truth.append(dict(prediction.categories).get(example.category, 0.0))
             rows.append([p for _, p in prediction.categories])
             right_category += prediction.categories[0][0] == example.category

@@ -21,7 +21,7 @@ from classifiers.gazetteer import Gazetteer
 from classifiers.normalize import normalize
 from classifiers.registry import Registry
 from classifiers.segment import Segmenter
-from classifiers.text_model import TRAINING, Example, Featurizer, PhraseIndex, TextModel, load_examples
+from classifiers.text_model import TRAINING, Example, Featurizer, PhraseIndex, TextModel, Tokens, load_examples
 from gateway.config import Settings
 from gateway.domain.city import City
 
@@ -140,9 +140,14 @@ class AppealClassifier:
         twin.text_model, twin.version = model, version
         return twin
 
-    def classify(self, text: str, sender: str | None) -> Classification:
+    def read(self, text: str) -> tuple[str, Tokens]:
+        """What the classifier reads of an appeal: its first READ_LIMIT characters, normalised, and
+        their tokens (what and where come early, so the cost per appeal is bounded)."""
         normal = normalize(text[:READ_LIMIT])
-        tokens = self.segmenter.tokenize(normal)
+        return normal, self.segmenter.tokenize(normal)
+
+    def classify(self, text: str, sender: str | None) -> Classification:
+        normal, tokens = self.read(text)
         resident = self.city.resident_by_phone(sender) if sender else None
         location = self.gazetteer.locate(normal, resident.grid_code if resident else None, tokens)
         prediction = self.text_model.predict(normal, tokens)
