@@ -355,9 +355,17 @@ def test_with_twilio_unreachable_and_a_row_stuck_in_sending_a_due_deadline_still
         engine = make_engine(stack.settings.sqlalchemy_url)
         case_id = wait_for(lambda: _scalar(engine, select(CaseRow.id).where(CaseRow.reporter == phone)),
                            what="the case")
-        with engine.begin() as connection:  # the ack cut off mid-send long ago, and the case overdue
-            connection.execute(update(DeliveryRow).where(DeliveryRow.recipient == phone).values(
-                state="sending", updated_at=utcnow() - timedelta(minutes=5)))
+
+        def cut_off_mid_send() -> bool:
+            """The ack as a dead sender leaves it, set only between two attempts (`pending`): a sender
+            still holding it would write its own outcome over ours."""
+            with engine.begin() as connection:
+                return connection.execute(update(DeliveryRow).where(
+                    DeliveryRow.recipient == phone, DeliveryRow.state == "pending", DeliveryRow.attempts >= 1
+                ).values(state="sending", updated_at=utcnow() - timedelta(minutes=5))).rowcount == 1
+
+        wait_for(cut_off_mid_send, what="the ack tried once, then cut off mid-send long ago")
+        with engine.begin() as connection:  # and the case overdue
             connection.execute(update(CaseRow).where(CaseRow.id == case_id).values(
                 escalate_at=utcnow() - timedelta(minutes=1)))
         wait_for(lambda: "on sms yet" in stack.log_path.read_text(),  # "cannot reconcile delivery N on sms yet"
