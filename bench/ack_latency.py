@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--broadcast", type=int, default=0, help="residents a notice is sending to meanwhile")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sms-senders", type=int, default=2, help="sender processes of the SMS lane")
     parser.add_argument("--callbacks", choices=("all", "final", "none"), default="all",
                         help="delivery reports the Twilio sandbox posts")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (store, logs)")
@@ -112,6 +113,7 @@ def main() -> None:
     env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
                 "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
                 "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_WORKERS": str(args.workers),
+                "GRIDLINE_SMS_SENDERS": str(args.sms_senders),
                 "GRIDLINE_QUIET_HOURS": "", "GRIDLINE_SMS_RATE_LIMIT": "0"})
     settings = load_settings(env)
     prepare_store(settings)

@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--residents", type=int, default=100_000)
     parser.add_argument("--million", action="store_true", help="1,000,000 residents")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sms-senders", type=int, default=2, help="sender processes of the SMS lane")
     parser.add_argument("--reports", choices=("all", "final"), default="all",
                         help="delivery reports in the second phase: all (as Twilio: sent and delivered) "
                              "or final (delivered only)")
@@ -219,7 +220,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLINE_")}
     env.update({"GRIDLINE_HOME": str(home), "GRIDLINE_CONFIG_DIR": str(ROOT / "config"),
                 "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
-                "GRIDLINE_WORKERS": str(args.workers), "GRIDLINE_QUIET_HOURS": "",
+                "GRIDLINE_WORKERS": str(args.workers),
+                "GRIDLINE_SMS_SENDERS": str(args.sms_senders), "GRIDLINE_QUIET_HOURS": "",
                 "GRIDLINE_SMS_RATE_LIMIT": "0", "GRIDLINE_TELEGRAM_RATE_LIMIT": "0",
                 "GRIDLINE_SMS_SIGNATURE": "【网格中心】"})
     cluster = postgresql_cluster() if args.database == "postgresql" else None

@@ -70,6 +70,7 @@ class Settings:
     rating_timeout_hours: float = 72.0  # a resolved case nobody rates closes after this
     workers: int = 2
     web_processes: int = 2  # aiohttp processes sharing the port (SO_REUSEPORT)
+    sms_senders: int = 2  # sender processes of the SMS lane (it carries broadcasts): each claims its own rows
     timezone: str = "Asia/Shanghai"  # residents and operators see local times
     default_region: str = "CN"  # ISO country whose numbers may be written without +country code
     triage_department: str = "GRID_CENTER"

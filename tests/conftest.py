@@ -122,9 +122,9 @@ def stack_environment(home: Path, **overrides: str) -> dict[str, str]:
         "GRIDLINE_PORT": str(free_port()), "GRIDLINE_SANDBOX_PORT": str(free_port()),
         "GRIDLINE_TELEGRAM_SANDBOX_PORT": str(free_port()), "GRIDLINE_METRICS_PORT": str(free_port()),
         "GRIDLINE_SWEEP_INTERVAL": "0.5", "GRIDLINE_STALE_AFTER": "2", "PYTHONUNBUFFERED": "1",
-        # One web process and one rq worker: a stack starts in about half the CPU time. The shared
-        # `stack` runs the defaults (two of each).
-        "GRIDLINE_WEB_PROCESSES": "1", "GRIDLINE_WORKERS": "1",
+        # One web process, one rq worker, one SMS sender: a stack starts in about half the CPU time.
+        # The shared `stack` runs the defaults (two of each).
+        "GRIDLINE_WEB_PROCESSES": "1", "GRIDLINE_WORKERS": "1", "GRIDLINE_SMS_SENDERS": "1",
     })
     env.update(overrides)
     return env
@@ -197,7 +197,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     home = tmp_path_factory.mktemp("gridline-home")
     # The shared stack also runs the generic HTTP channel against its sandbox (tests/test_http_flow.py).
     env = stack_environment(home, GRIDLINE_HTTP_SECRET="test-http-secret", GRIDLINE_HTTP_SANDBOX_PORT=str(free_port()),
-                            GRIDLINE_WEB_PROCESSES="2", GRIDLINE_WORKERS="2")
+                            GRIDLINE_WEB_PROCESSES="2", GRIDLINE_WORKERS="2", GRIDLINE_SMS_SENDERS="2")
     if request.param == "postgresql":
         env["GRIDLINE_DATABASE_URL"] = database_for("postgresql", request)(home)
     log_path = home / "gridline.log"

@@ -182,6 +182,52 @@ def test_an_urgent_job_also_takes_the_channels_other_due_replies_but_no_notice(w
     assert sum(http_json("GET", f"{twilio}/_sandbox/recipients")[1].values()) == 3  # their jobs sent nothing twice
 
 
+def test_urgent_rows_join_the_job_waiting_in_their_lane_and_a_running_job_takes_them_all(world):
+    settings, sessions, connection, twilio, _ = world
+    acks = add(sessions, *(sms(f"+86138000004{n:02d}", f"ack {n}") for n in range(3)))
+    for ack in acks:  # three worker commits, one after another
+        outbox.enqueue(connection, [ack])
+    urgent = Queue(outbox.lane_queue(SMS, outbox.URGENT), connection=connection)
+    [job] = urgent.jobs  # the first hand-over's job stands for the other two
+    assert job.args == (SMS, [acks[0].id], "urgent")
+    # Held back are urgent hand-overs due now on the same lane only: not a retry's, a notice's or
+    # another channel's.
+    outbox.enqueue(connection, [outbox.Queued(acks[0].id, SMS, "reply")], timedelta(seconds=5))
+    outbox.enqueue(connection, [outbox.Queued(acks[1].id, SMS, "broadcast")])
+    outbox.enqueue(connection, [outbox.Queued(acks[2].id, WORKER_BOT, "alert")])
+    assert (urgent.count, urgent.scheduled_job_registry.count) == (1, 1)
+    assert Queue(outbox.lane_queue(SMS, outbox.BULK), connection=connection).count == 1
+    assert Queue(outbox.lane_queue(WORKER_BOT, outbox.URGENT), connection=connection).count == 1
+    assert run(Lane(build_channels(settings)[SMS], sessions, connection, concurrency=3), job.args[1]) == []
+    assert [state_of(sessions, a.id).state for a in acks] == ["sent"] * 3
+    [late] = add(sessions, sms("+8613800000499", "after the job looked"))
+    outbox.enqueue(connection, [late])  # the running job no longer stands for it
+    assert [j.args for j in urgent.jobs] == [(SMS, [acks[0].id], "urgent"), (SMS, [late.id], "urgent")]
+
+
+def test_an_urgent_job_goes_on_past_one_claim_while_more_is_due(world, monkeypatch):
+    settings, sessions, connection, twilio, _ = world
+    monkeypatch.setattr(outbox, "IDS_PER_JOB", 4)
+    acks = add(sessions, *(sms(f"+86138000005{n:02d}", f"ack {n}") for n in range(10)))
+    assert run(Lane(build_channels(settings)[SMS], sessions, connection, concurrency=4), [acks[0].id]) == []
+    assert [state_of(sessions, a.id).state for a in acks] == ["sent"] * 10
+
+
+def test_a_bulk_job_hands_the_lane_back_as_soon_as_an_urgent_job_waits(world, monkeypatch):
+    settings, sessions, connection, twilio, _ = world
+    monkeypatch.setattr(lanes, "BULK_ROUND", 10)
+    notices = add(sessions, *(sms(f"+86138000006{n:02d}", f"notice {n}", kind="broadcast") for n in range(30)))
+    lane = Lane(build_channels(settings)[SMS], sessions, connection, concurrency=10)
+    assert run(lane, [n.id for n in notices], outbox.BULK) == []  # nothing waits: the job sends all 30
+    more = add(sessions, *(sms(f"+86138000007{n:02d}", f"notice {n}", kind="broadcast") for n in range(30)))
+    [ack] = add(sessions, sms("+8613800000799", "ack"))
+    outbox.enqueue(connection, [ack])  # an acknowledgement's job now waits in the lane
+    left = run(Lane(build_channels(settings)[SMS], sessions, connection, concurrency=10), [n.id for n in more],
+               outbox.BULK)
+    assert left == [n.id for n in more[10:]]  # one round went, the rest goes back to the queue
+    assert sum(http_json("GET", f"{twilio}/_sandbox/recipients")[1].values()) == 40
+
+
 def test_a_rate_limited_bulk_job_hands_back_what_is_left(world):
     settings, sessions, connection, twilio, _ = world
     rows = add(sessions, *(sms(f"+86138000002{n:02d}", f"n{n}", kind="broadcast") for n in range(20)))

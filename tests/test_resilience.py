@@ -224,7 +224,7 @@ def test_each_role_brings_only_its_children(tmp_path):
         return [child.name for child in Supervisor(settings, parse_roles(roles)).plan()]
 
     everything = names("all")
-    senders = ["sender-sms", "sender-telegram-resident", "sender-telegram-worker"]
+    senders = ["sender-sms", "sender-sms-1", "sender-telegram-resident", "sender-telegram-worker"]
     assert everything == ["redis", "twilio-sandbox", "telegram-sandbox", "worker-0", "worker-1", *senders, "sweeper",
                           "intake", "web-0", "web-1", "metrics"]  # each host serves its own processes' figures
     external = load_settings({"GRIDLINE_HOME": str(tmp_path), "GRIDLINE_REDIS_URL": "unix:///elsewhere.sock"})

@@ -1,7 +1,8 @@
 """A lane: one channel's sender. Each channel (SMS, each Telegram bot, ...) sends from its own
 process with its own rate limit, so a slow or limited channel never delays another; within a lane,
 replies and task alerts (`send:<channel>:urgent`) go before broadcast notices (`send:<channel>:bulk`),
-and a bulk job gives the lane back after BULK_BUDGET so an acknowledgement never waits long.
+and a bulk job gives the lane back as soon as an urgent job waits (or after BULK_BUDGET), so an
+acknowledgement never waits long behind a broadcast.
 
 A job's rows are taken from the shared rate limit, claimed pending → sending with one UPDATE (a row
 another job claimed first is simply not returned), sent concurrently through the channel, and every
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 URGENT_BUDGET = 10.0  # seconds a job may wait for tokens before handing the rest back to its queue
 BULK_BUDGET = 1.0  # a broadcast job yields sooner: an acknowledgement may be waiting behind it
+BULK_ROUND = 100  # notices claimed at a time: between two, a bulk job yields to a waiting urgent one
 # Failures that say nothing about the message: the provider's flood control, and a provider we
 # could not reach at all. They are retried until the provider answers.
 WAIT_OUT = ("rate_limited", "network")
@@ -82,6 +84,7 @@ class Lane:
                  enqueue: Callable[[list[outbox.Queued], timedelta | None], None] | None = None):
         self.channel = channel
         self.sessions = sessions
+        self.connection = connection
         self.concurrency = concurrency
         self.sms_signature = sms_signature  # for a notice that falls back from a chat to SMS
         self.broadcasts = broadcasts
@@ -106,59 +109,85 @@ class Lane:
                     log.exception("delivery %s on %s could not be sent", row.id, self.channel.name)
                     return SendError(f"{type(error).__name__}: {error}", retryable=False, code="bug")
 
-        first = True
-        while remaining:
-            # The first round of an urgent job also takes every other reply and alert already due on
-            # this channel: under load the lane then sends many per claim and per commit, and the
-            # jobs queued for them find nothing left (bench/ack_latency.py: one commit per job held
-            # acknowledgements to the pace of the store's fsyncs).
-            claimed, waiting, wait = self._take(remaining, also_due=first and priority == outbox.URGENT)
-            first = False
+        urgent = priority == outbox.URGENT
+        if urgent:
+            self._stop_waiting()
+        while True:
+            # An urgent job takes every reply and alert due on this channel, its own first: under
+            # load the lane sends many per claim and per commit (bench/ack_latency.py: one commit
+            # per job held acknowledgements to the pace of the store's fsyncs), and producers add
+            # no job while one waits (outbox.enqueue). A bulk job takes BULK_ROUND of its own at a
+            # time and hands the rest back as soon as an urgent job waits.
+            claimed, remaining, wait, more = self._take(
+                remaining, also_due=urgent, limit=outbox.IDS_PER_JOB if urgent else BULK_ROUND)
             if claimed:
                 results = await asyncio.gather(*(attempt(row) for row in claimed))
                 self._record(claimed, results)
-            remaining = waiting
-            if remaining:
+            if not remaining and not more:
+                return []
+            if not urgent and self._urgent_waiting():
+                return remaining
+            if wait:  # the rate limit holds the rest back
                 if time.monotonic() + wait > deadline:
                     return remaining
-                await asyncio.sleep(max(wait, 0.01))
-        return []
+                await asyncio.sleep(wait)
+            elif time.monotonic() > deadline:
+                return remaining  # an urgent job's `more` is the next urgent job's, or the sweeper's
 
-    def _take(self, ids: list[int], also_due: bool = False) -> tuple[list[Claimed], list[int], float]:
-        """Claim the rows the rate limit lets go now; the ids still to wait for, and for how long.
+    def _urgent_waiting(self) -> bool:
+        try:
+            return bool(self.connection.exists(outbox.urgent_waiting_key(self.channel.name)))
+        except redis.RedisError:
+            return False  # the budget still ends the job
 
-        `also_due`: the channel's other urgent rows that are due join the job's own (at most
-        IDS_PER_JOB in all)."""
+    def _stop_waiting(self) -> None:
+        """This job now looks for due rows: a row committed from here on needs a job of its own."""
+        try:
+            self.connection.delete(outbox.urgent_waiting_key(self.channel.name))
+        except redis.RedisError as error:  # the key expires by itself
+            log.warning("%s lane: cannot clear its waiting mark (%s)", self.channel.name, error)
+
+    def _take(self, ids: list[int], *, also_due: bool, limit: int
+              ) -> tuple[list[Claimed], list[int], float, bool]:
+        """Claim up to `limit` rows, as many as the rate limit lets go now; the ids still to send,
+        seconds to wait for the rate limit (0: none), and whether more may be due than one claim took.
+
+        `also_due`: the channel's other urgent rows that are due join the job's own."""
         now = utcnow()
-        own = DeliveryRow.id.in_(ids)
-        wanted = or_(own, and_(DeliveryRow.channel == self.channel.name,
-                               DeliveryRow.kind.in_(outbox.URGENT_KINDS))) if also_due else own
+        if also_due:  # the job's own rows first, so the limit never leaves one of them out
+            own = DeliveryRow.id.in_(ids)
+            wanted = or_(own, and_(DeliveryRow.channel == self.channel.name,
+                                   DeliveryRow.kind.in_(outbox.URGENT_KINDS)))
+            order, later = (case((own, 0), else_=1), DeliveryRow.id), []
+        else:  # the job's own ids, `limit` at a time (those no longer pending are skipped)
+            ids, later = ids[:limit], ids[limit:]
+            wanted, order = DeliveryRow.id.in_(ids), (DeliveryRow.id,)
         with self.sessions() as session:
             rows = session.execute(select(DeliveryRow.id, DeliveryRow.recipient, DeliveryRow.body,
                                           DeliveryRow.broadcast_id)
                                    .where(wanted, DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now)
-                                   # the job's own rows first, so the limit never leaves one of them out
-                                   .order_by(case((own, 0), else_=1), DeliveryRow.id)
-                                   .limit(outbox.IDS_PER_JOB)).all()
+                                   .order_by(*order).limit(limit)).all()
+            more = len(rows) == limit if also_due else bool(later)
             broadcast_ids = {row.broadcast_id for row in rows if row.broadcast_id is not None}
             if broadcast_ids and self.broadcasts:
                 held = self.broadcasts.held(session, broadcast_ids, now)
                 rows = [row for row in rows if row.broadcast_id not in held]  # the sweeper brings them back
             if not rows:
-                return [], [], 0.0
+                return [], later, 0.0, more
             try:
                 granted, wait = self.bucket.take([self.channel.cost(row.body) for row in rows],
                                                  [row.recipient for row in rows])
             except redis.RedisError as error:
                 log.warning("%s lane: rate limit unavailable (%s); rows left for the sweeper", self.channel.name, error)
-                return [], [], 0.0
+                return [], [], 0.0, False
             go = [row.id for row, ok in zip(rows, granted, strict=True) if ok]
             claimed = [Claimed(*row) for row in session.execute(
                 update(DeliveryRow).where(DeliveryRow.id.in_(go), DeliveryRow.state == "pending")
                 .values(state="sending", attempts=DeliveryRow.attempts + 1, updated_at=now)
                 .returning(*_CLAIMED_COLUMNS))] if go else []
             session.commit()
-        return claimed, [row.id for row, ok in zip(rows, granted, strict=True) if not ok], wait
+        held_back = [row.id for row, ok in zip(rows, granted, strict=True) if not ok]
+        return claimed, held_back + later, wait if held_back else 0.0, more
 
     def _record(self, claimed: list[Claimed], results: list[str | Exception]) -> None:
         """Every outcome of one chunk in one transaction; then what must go again goes to its lane."""

@@ -32,6 +32,7 @@ URGENT_KINDS = ("reply", "alert")  # every kind but "broadcast"
 PRIORITIES = (URGENT, BULK)  # the order a lane serves its queues in
 SEND_JOB = "gateway.roles.jobs.send_job"  # by name: the lane's process imports it, the producers need not
 IDS_PER_JOB = 500  # enough to amortise rq's ~40 Redis round trips per job
+URGENT_WAITING = 10  # seconds an urgent job in waiting stands for every due reply of its lane
 MAX_ATTEMPTS = 6
 CLOCK_SKEW = timedelta(minutes=1)  # between our clock and the provider's
 UNFINISHED = ("pending", "sending")
@@ -86,12 +87,27 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2 ** attempts, 300))
 
 
+def urgent_waiting_key(channel: str) -> str:
+    """Set while an urgent job waits in the channel's lane and has not yet looked for due rows."""
+    return f"lane:{channel}:urgent-waiting"
+
+
 def enqueue(connection: redis.Redis, items: Iterable[Queued], delay: timedelta | None = None) -> None:
-    """Hand rows to their lanes, IDS_PER_JOB to a job, urgent and bulk apart."""
+    """Hand rows to their lanes, IDS_PER_JOB to a job, urgent and bulk apart.
+
+    Urgent rows due now join a job already waiting in their lane instead of adding one: an urgent
+    job takes every due reply and alert of its channel, and at 100 appeals/s one job per worker
+    commit (~50 a second, each ~40 Redis round trips and a claim) kept the SMS sender so busy that
+    a broadcast beside them sent ~17 messages/s (bench/ack_latency.py --broadcast). The key
+    expires, so a job lost with a killed sender holds the lane back for URGENT_WAITING at most.
+    """
     by_queue: dict[tuple[str, str], list[int]] = defaultdict(list)
     for item in items:
         by_queue[item.channel, priority(item.kind)].append(item.id)
     for (channel, priority_name), ids in by_queue.items():
+        if priority_name == URGENT and not delay and not connection.set(
+                urgent_waiting_key(channel), 1, nx=True, ex=URGENT_WAITING):
+            continue
         queue = Queue(lane_queue(channel, priority_name), connection=connection)
         for start in range(0, len(ids), IDS_PER_JOB):
             args = (channel, ids[start:start + IDS_PER_JOB], priority_name)

@@ -34,6 +34,7 @@ from gateway.delivery.channels import build_channels, sandboxes
 from gateway.domain.city import load_city
 from gateway.queues import PrivateRedis
 from gateway.store import city_imported, exclusive, import_city, make_engine, migrate, session_factory
+from gateway.world import SMS
 
 log = logging.getLogger("gridline")
 
@@ -234,8 +235,10 @@ class Supervisor:
             children += [Child.python(box.name, box.module, *box.args, env=box.env) for box in sandboxes(s)]
         if "worker" in roles:
             children += [Child.python(f"worker-{n}", "gateway.roles.worker") for n in range(s.workers)]
-            # One sender per channel: a lane held to its provider's limit never delays another.
-            children += [Child.python(f"sender-{name}", "gateway.roles.sender", name) for name in build_channels(s)]
+            # Senders per channel: a lane held to its provider's limit never delays another. The SMS
+            # lane, which carries the broadcasts, may have several (each claims its own rows).
+            children += [Child.python(f"sender-{name}" + (f"-{n}" if n else ""), "gateway.roles.sender", name)
+                         for name in build_channels(s) for n in range(s.sms_senders if name == SMS else 1)]
         if "sweeper" in roles:
             children.append(Child.python("sweeper", "gateway.roles.sweeper"))
         if "intake" in roles:  # before the web: they hand it every inbound message, so it stops after them
