@@ -187,7 +187,8 @@ class Lane:
                 .returning(*_CLAIMED_COLUMNS))] if go else []
             session.commit()
         held_back = [row.id for row, ok in zip(rows, granted, strict=True) if not ok]
-        return claimed, held_back + later, wait if held_back else 0.0, more
+        # Held back: wait at least 10 ms, so a limit that says 0 s never makes a busy loop.
+        return claimed, held_back + later, max(wait, 0.01) if held_back else 0.0, more
 
     def _record(self, claimed: list[Claimed], results: list[str | Exception]) -> None:
         """Every outcome of one chunk in one transaction; then what must go again goes to its lane."""
