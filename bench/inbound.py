@@ -203,7 +203,8 @@ def measure(args: argparse.Namespace, database: str) -> dict:
     hosts: list[subprocess.Popen] = []
     try:
         wait_http(f"http://{settings.host}:{settings.port}/healthz")
-        redis = connect(f"unix://{home / 'redis' / 'redis.sock'}")
+        redis_url = f"unix://{home / 'redis' / 'redis.sock'}"  # the private Redis `gridline up` started
+        redis = connect(redis_url)
         if not args.live:
             suspend(redis)
         # Measure the running gateway, not its start: each worker loads the classifier (~1.5 s of
@@ -221,7 +222,7 @@ def measure(args: argparse.Namespace, database: str) -> dict:
                              [str(bodies), "2"], args.seconds, args.connections, WRK_SCRIPT)
         else:
             second_port = str(free_port())
-            hosts.append(second_web_host(env, home, second_port, redis_url=f"unix://{home / 'redis' / 'redis.sock'}"))
+            hosts.append(second_web_host(env, home, second_port, redis_url))
             result = run_wrk_on_both([env["GRIDLINE_PORT"], second_port], settings.host, bodies, args)
         accepted = result["requests"] - result["non2xx"]
         engine = create_engine(settings.sqlalchemy_url)
