@@ -167,7 +167,7 @@ class Lane:
                                           DeliveryRow.broadcast_id)
                                    .where(wanted, DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now)
                                    .order_by(*order).limit(limit)).all()
-            more = len(rows) == limit if also_due else bool(later)
+            more = also_due and len(rows) == limit  # a bulk job's own ids still to send are in `later`
             broadcast_ids = {row.broadcast_id for row in rows if row.broadcast_id is not None}
             if broadcast_ids and self.broadcasts:
                 held = self.broadcasts.held(session, broadcast_ids, now)
