@@ -102,6 +102,17 @@ class Settings:
     console_session_hours: float = 12.0
     routing_overrides: tuple[RoutingOverride, ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        """Refuse values that would start a stack unable to work (no SMS sender: no acknowledgement ever)."""
+        for name in AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+        if not 0 <= self.classifier_threshold <= 1:
+            raise ValueError(f"classifier_threshold must be between 0 and 1, not {self.classifier_threshold}")
+
     @property
     def city_dir(self) -> Path:
         return self.config_dir / "city"
@@ -154,6 +165,10 @@ class Settings:
             return self.twilio_api_base.rstrip("/")
         return f"http://127.0.0.1:{self.sandbox_port}" if self.sandbox else "https://api.twilio.com"
 
+
+AT_LEAST_ONE = ("workers", "web_processes", "sms_senders", "broadcast_batch", "broadcast_concurrency")
+NOT_NEGATIVE = ("sms_rate_limit", "telegram_rate_limit", "telegram_chat_rate_limit", "sweep_interval",
+                "stale_after", "reminder_hours", "escalation_step_hours", "rating_timeout_hours")
 
 # Field annotations are strings (postponed evaluation); these are the ones a variable can set.
 COERCE = {"Path": Path, "int": int, "float": float, "str": str,

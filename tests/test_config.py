@@ -34,3 +34,15 @@ def test_an_unknown_setting_is_an_error(tmp_path: Path):
     (tmp_path / "gridline.toml").write_text("prot = 9000\n", encoding="utf-8")
     with pytest.raises(ValueError, match="prot"):
         load_settings({"GRIDLINE_CONFIG_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize(("variable", "value", "reason"), [
+    ("GRIDLINE_SMS_SENDERS", "0", "sms_senders must be at least 1"),
+    ("GRIDLINE_WORKERS", "0", "workers must be at least 1"),
+    ("GRIDLINE_WEB_PROCESSES", "-1", "web_processes must be at least 1"),
+    ("GRIDLINE_SMS_RATE_LIMIT", "-5", "sms_rate_limit must not be negative"),
+    ("GRIDLINE_CLASSIFIER_THRESHOLD", "1.5", "classifier_threshold must be between 0 and 1"),
+])
+def test_a_value_no_stack_can_work_with_is_refused(variable: str, value: str, reason: str):
+    with pytest.raises(ValueError, match=reason):
+        load_settings({variable: value})

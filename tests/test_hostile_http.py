@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -333,6 +334,14 @@ def test_cli_without_a_running_gateway_is_one_line_and_exit_2(fstack, tmp_path):
                               text=True, timeout=60)
         assert (done.returncode, says in done.stderr) == (2, True), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_up_with_no_sms_sender_is_refused_in_one_line(tmp_path):
+    env = {**os.environ, "GRIDLINE_HOME": str(tmp_path), "GRIDLINE_SMS_SENDERS": "0"}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "up"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    says = "gridline: bad settings: sms_senders must be at least 1, not 0"
+    assert (done.returncode, done.stderr.strip()) == (2, says)
 
 
 def test_a_national_number_is_read_in_the_default_region(fstack):
