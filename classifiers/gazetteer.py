@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz
 
-from classifiers.normalize import normalize, romanize, squeeze
+from classifiers.normalize import any_character_of, normalize, romanize, squeeze
 from classifiers.pinyin import sound_table
 from classifiers.segment import Segmenter
 from gateway.domain.city import Place
@@ -120,12 +120,13 @@ class Gazetteer:
         self._ranges: dict[str, list[tuple[int, int, Place]]] = defaultdict(list)
         self._base_of: dict[str, str] = {}
         self._single_buildings: set[str] = set()
+        self._key_of: dict[str, str] = {}  # a place's name -> its normalised key, looked up per mention
         self._surfaces: dict[str, list[Place | Road]] = defaultdict(list)
         self._latin_plain: dict[str, str] = {}  # a Latin name as written -> its squeezed key
         segments: dict[str, list[Segment]] = defaultdict(list)
         english_roads: dict[str, str] = {}
         for place in places:
-            key = normalize(place.name)
+            key = self._key_of[place.name] = normalize(place.name)
             self._by_name[key] = place
             building = _BUILDING_ROW.match(key)
             segment = _SEGMENT_ROW.match(key) if place.kind == "road_segment" else None
@@ -166,6 +167,8 @@ class Gazetteer:
                     for target in targets:
                         self._add(pinyin, target, kind_only=surface in self._kind_only)
         self._lengths = _lengths_by_first(self._surfaces)
+        # Few characters begin a name (about one position in ten of an appeal): the regex jumps to them.
+        self._name_start = any_character_of(self._lengths)
         self._latin_lengths = _lengths_by_first(self._latin)
         self._build_fuzzy_index()
 
@@ -211,9 +214,9 @@ class Gazetteer:
         spans: set[tuple[int, int]] | None = None
         found: list[Mention] = []
         pos = 0
-        while pos < len(text):
-            hit = None
-            for length in self._lengths.get(text[pos], ()):
+        while start := self._name_start.search(text, pos):
+            pos, hit = start.start(), None
+            for length in self._lengths[text[pos]]:
                 surface = text[pos:pos + length]
                 if len(surface) < length or surface not in self._surfaces:
                     continue
@@ -309,7 +312,7 @@ class Gazetteer:
 
     def _building(self, place: Place, text: str, start: int, end: int, latin: bool) -> tuple[Place, int]:
         """Rule 1: a building number after (or, in English, before) a compound picks its building."""
-        key = normalize(place.name)
+        key = self._key_of[place.name]
         if key in self._single_buildings:
             return place, end  # already as precise as the gazetteer gets
         base = self._base_of.get(key, key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import cache
 
 import opencc
@@ -65,6 +66,13 @@ def squeeze(text: str) -> tuple[str, list[int], list[tuple[int, int]]]:
         where.extend(range(run.start(), run.end()))
         last = run.end()
     return "".join(kept), where, words
+
+
+def any_character_of(characters: Iterable[str]) -> re.Pattern[str]:
+    """A pattern matching any one of `characters` (none: a pattern that never matches). Scanning
+    for where a name or phrase may begin with it skips the other positions at C speed."""
+    chosen = "".join(sorted(characters))
+    return re.compile(f"[{re.escape(chosen)}]" if chosen else "(?!)")
 
 
 @cache
