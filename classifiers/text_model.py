@@ -119,11 +119,9 @@ class Featurizer:
 
     def features(self, text: str, tokens: Tokens) -> list[str]:
         feats = ["bias"]
-        for word, _, _ in tokens:
-            if _CJK.match(word):
-                feats.append("w:" + word)
+        feats += ["w:" + word for word, _, _ in tokens if "\u4e00" <= word[0] <= "\u9fff"]  # as _CJK.match
         for run in _CJK.findall(text):
-            feats.extend("b:" + run[i:i + 2] for i in range(len(run) - 1))
+            feats += ["b:" + run[i:i + 2] for i in range(len(run) - 1)]
         words = _STEMMER.stemWords(_LATIN_WORD.findall(text))
         feats.extend("e:" + w for w in words)
         feats.extend(f"e2:{a}_{b}" for a, b in zip(words, words[1:], strict=False))
