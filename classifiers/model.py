@@ -58,9 +58,9 @@ class AppealClassifier:
         self.examples = [e for path in sorted(folder.glob("examples*.jsonl")) for e in load_examples(path)
                          if e.category in city.categories and e.appeal_type in city.appeal_types]
         # A saved model's weights only mean something with the same features: same keywords, same
-        # segmenter dictionary, same taxonomy.
+        # segmenter dictionary, same taxonomy, same featurizer (TRAINING carries its version).
         self.fingerprint = hashlib.sha256("\n".join([
-            json.dumps(keywords, sort_keys=True, ensure_ascii=False), *sorted(set(user_words)),
+            TRAINING, json.dumps(keywords, sort_keys=True, ensure_ascii=False), *sorted(set(user_words)),
             *sorted(city.categories), *sorted(city.appeal_types)]).encode()).hexdigest()[:16]
         self.registry = Registry.at(settings.home)
         self._shipped: TextModel | None = None
@@ -83,7 +83,7 @@ class AppealClassifier:
         """Trained from the shipped examples once per configuration and machine user, then read back
         from the user's cache folder (as jieba caches its dictionary): training takes ~1 s on a quiet
         machine and far more on a busy one, reading ~0.05 s; cold start must stay under 3 s."""
-        digest = hashlib.sha256(f"{self.fingerprint}\n{TRAINING}\n".encode())
+        digest = hashlib.sha256(f"{self.fingerprint}\n".encode())
         for example in self.examples:
             digest.update(f"{example.text}\t{example.category}\t{example.appeal_type}\n".encode())
         path = _cache_dir() / f"shipped-{digest.hexdigest()[:16]}.npz"
@@ -117,7 +117,7 @@ class AppealClassifier:
     def load(self, version: str) -> TextModel:
         model, meta = TextModel.load(self.registry.path(version), self.featurizer)
         if meta.get("fingerprint") != self.fingerprint:
-            raise ValueError("trained with other keywords, places or taxonomy: run `gridline train` again")
+            raise ValueError("trained with other keywords, places, taxonomy or features: run `gridline train` again")
         return model
 
     def refresh(self) -> bool:

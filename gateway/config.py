@@ -7,6 +7,7 @@ tables with `category`, `area` (a grid code prefix) and `department`.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -108,8 +109,11 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in NOT_NEGATIVE:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a number, not negative, not {getattr(self, name)}")
+        for name in POSITIVE:
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a number above 0, not {getattr(self, name)}")
         if not 0 <= self.classifier_threshold <= 1:
             raise ValueError(f"classifier_threshold must be between 0 and 1, not {self.classifier_threshold}")
 
@@ -167,8 +171,9 @@ class Settings:
 
 
 AT_LEAST_ONE = ("workers", "web_processes", "sms_senders", "broadcast_batch", "broadcast_concurrency")
-NOT_NEGATIVE = ("sms_rate_limit", "telegram_rate_limit", "telegram_chat_rate_limit", "sweep_interval",
-                "stale_after", "reminder_hours", "escalation_step_hours", "rating_timeout_hours")
+NOT_NEGATIVE = ("sms_rate_limit", "telegram_rate_limit", "telegram_chat_rate_limit", "reminder_hours")  # 0: none
+POSITIVE = ("sweep_interval", "stale_after", "sweeper_lease", "broadcast_claim_timeout", "escalation_step_hours",
+            "rating_timeout_hours", "operator_token_days", "console_idle_minutes", "console_session_hours")
 
 # Field annotations are strings (postponed evaluation); these are the ones a variable can set.
 COERCE = {"Path": Path, "int": int, "float": float, "str": str,

@@ -170,6 +170,20 @@ def test_a_model_trained_for_other_keywords_is_not_served(tmp_path):
     assert build_classifier(city, settings).version == "shipped"
 
 
+@pytest.mark.slow
+def test_a_model_trained_with_other_features_is_not_served(tmp_path, monkeypatch):
+    settings = write_tiny_city(tmp_path)
+    city = load_city(settings.city_dir)
+    monkeypatch.setattr("classifiers.model.TRAINING", "features 1 (before an upgrade)")
+    trainer = build_classifier(city, settings)
+    version = trainer.registry.new_version()
+    trainer.save(trainer.train(()), version, 0)
+    trainer.registry.promote(version)
+    assert build_classifier(city, settings).version == version  # the same features: served
+    monkeypatch.undo()  # the upgraded featurizer
+    assert build_classifier(city, settings).version == "shipped"
+
+
 # -- learning from the desk ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

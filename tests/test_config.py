@@ -40,7 +40,11 @@ def test_an_unknown_setting_is_an_error(tmp_path: Path):
     ("GRIDLINE_SMS_SENDERS", "0", "sms_senders must be at least 1"),
     ("GRIDLINE_WORKERS", "0", "workers must be at least 1"),
     ("GRIDLINE_WEB_PROCESSES", "-1", "web_processes must be at least 1"),
-    ("GRIDLINE_SMS_RATE_LIMIT", "-5", "sms_rate_limit must not be negative"),
+    ("GRIDLINE_SMS_RATE_LIMIT", "-5", "sms_rate_limit must be a number, not negative"),
+    ("GRIDLINE_SWEEP_INTERVAL", "nan", "sweep_interval must be a number above 0"),
+    ("GRIDLINE_STALE_AFTER", "0", "stale_after must be a number above 0"),
+    ("GRIDLINE_CONSOLE_IDLE_MINUTES", "-1", "console_idle_minutes must be a number above 0"),
+    ("GRIDLINE_TELEGRAM_RATE_LIMIT", "inf", "telegram_rate_limit must be a number, not negative"),
     ("GRIDLINE_CLASSIFIER_THRESHOLD", "1.5", "classifier_threshold must be between 0 and 1"),
 ])
 def test_a_value_no_stack_can_work_with_is_refused(variable: str, value: str, reason: str):
