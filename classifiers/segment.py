@@ -34,7 +34,9 @@ class Segmenter:
                 self._tokenizer.add_word(word)
         self._frequency: dict[str, int] = self._tokenizer.FREQ  # prefixes of words are in it with 0
         self._log_total = math.log(self._tokenizer.total)
-        self._log_probability: dict[str, float] = {}  # each word's log(frequency / total), as met
+        # Each fragment met so far: a word's log(frequency / total), or _PREFIX for a prefix of words
+        # only; one lookup per fragment in the walk instead of two.
+        self._log_probability: dict[str, float] = {}
 
     def tokenize(self, text: str) -> list[tuple[str, int, int]]:
         if text.isascii():
@@ -59,18 +61,20 @@ class Segmenter:
         """jieba's most probable path through the dictionary words of `block` (its HMM off: the HMM
         mostly glued unknown neighbours onto known place names), runs of single Latin letters and
         digits joined as jieba joins them. On equal scores the longer word wins, as in jieba."""
-        frequency, log_probability, unknown = self._frequency, self._log_probability, -self._log_total
+        log_probability, unknown = self._log_probability, -self._log_total
         size = len(block)
         score = [0.0] * (size + 1)  # score[i]: log probability of the best path through block[i:]
         last = list(range(size))  # last[i]: where the best path's word from i ends (inclusive)
         for first in range(size - 1, -1, -1):
             best: float | None = None
             end, fragment = first, block[first]
-            while (count := frequency.get(fragment)) is not None:
-                if count:
-                    word_score = log_probability.get(fragment)
-                    if word_score is None:
-                        word_score = log_probability[fragment] = math.log(count) - self._log_total
+            while True:
+                word_score = log_probability.get(fragment)
+                if word_score is None:
+                    if (count := self._frequency.get(fragment)) is None:
+                        break  # no dictionary word starts with this fragment
+                    word_score = log_probability[fragment] = math.log(count) - self._log_total if count else _PREFIX
+                if word_score != _PREFIX:
                     candidate = word_score + score[end + 1]
                     if best is None or candidate >= best:
                         best, last[first] = candidate, end
@@ -98,4 +102,5 @@ class Segmenter:
         return words
 
 
+_PREFIX = math.inf  # marks a fragment that only begins words (a word's log probability is below 0)
 _LATIN_OR_DIGIT = frozenset(string.ascii_letters + string.digits)  # jieba's re_eng

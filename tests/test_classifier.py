@@ -10,6 +10,7 @@ import pytest
 
 from classifiers import build_classifier
 from classifiers.cli import classify_stream, evaluate_file
+from classifiers.text_model import PhraseIndex
 from gateway.config import RoutingOverride, Settings
 from gateway.domain.city import load_city
 
@@ -246,3 +247,19 @@ def test_a_new_city_needs_no_code_change(tmp_path):
     assert classifier.classify("请问垃圾几点来收？", None).appeal_type == "ask"
     assert classifier.classify("路灯坏了", "+8617100000009").grid == "BX-A-1-2"
     assert classifier.classify("长乐街上路灯坏了", None).grid_candidates == ("BX-A-1-1", "BX-A-1-2")
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("楼道里有烟，还有焦味", [("有烟", {"kc:fire"}), ("烟", {"kc:fire"}), ("焦味", {"kc:fire"})]),
+    ("the bins and fences", [("bin", {"kc:bins"}), ("fence", {"kc:fences"})]),  # plurals
+    ("a binder and a fencer", []),  # never inside a word
+    ("没有关键词", []),
+    ("", []),
+])
+def test_phrases_are_found_left_to_right_overlapping_and_english_as_whole_words(text, found):
+    index = PhraseIndex({"kc:fire": ["烟", "有烟", "焦味"], "kc:bins": ["bin"], "kc:fences": ["Fence"]})
+    assert index.find(text) == found
+
+
+def test_an_empty_phrase_index_finds_nothing():
+    assert PhraseIndex({}).find("楼道里有烟 smoke") == []
