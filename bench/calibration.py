@@ -1,7 +1,7 @@
 """The confidence threshold: threshold -> share routed automatically -> department accuracy on those.
 
 Runs the classifier with no threshold over labelled files it never trained on (default: both
-voice-tagged held-out files, config/classifier/holdout.jsonl and holdout-2.jsonl, together) and
+voice-tagged held-out files, config/classifier/holdout*.jsonl, together) and
 prints the table and the threshold `classifiers.calibration.choose` picks
 (GRIDLINE_CLASSIFIER_THRESHOLD's default).
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     held_out = ROOT / "config" / "classifier"
     parser.add_argument("files", nargs="*", type=Path,
-                        default=[held_out / "holdout.jsonl", held_out / "holdout-2.jsonl"])
+                        default=sorted(held_out.glob("holdout*.jsonl")))
     args = parser.parse_args()
     settings = replace(Settings(config_dir=ROOT / "config"), classifier_threshold=0.0)
     classifier = build_classifier(load_city(settings.city_dir), settings)

@@ -44,6 +44,9 @@ _BUILDING_ROW = re.compile(r"^(?P<base>.+?)(?P<lo>\d+)(?:-(?P<hi>\d+))?号楼$")
 _SEGMENT_ROW = re.compile(r"^(?P<road>.+?)(?P<lo>\d+)-(?P<hi>\d+)号(?:\((?P<side>单号|双号)\))?$")
 _SEGMENT_EN = re.compile(r"^(?P<road>.+?) no\. ?\d+")
 _LATIN_LETTER = re.compile(r"[a-z]")
+# How English street names are shortened in writing; every English name gets its short form too.
+_ABBREVIATIONS = {"road": "rd", "avenue": "ave", "street": "st", "lane": "ln", "boulevard": "blvd"}
+_ABBREVIATION = re.compile(r"\b(?:" + "|".join(_ABBREVIATIONS) + r")\b")
 _SIDE_PARITY = {"单号": 1, "双号": 0}
 
 # Numbers next to a matched name (the text is normalised: digits, lower case).
@@ -51,7 +54,8 @@ _UNIT_AFTER = re.compile(r"(?:小区)?\s*第?(\d+)\s*(?:号楼|号|栋|幢|座|#
 _UNIT_AFTER_EN = re.compile(r"[\s,]*(?:building|bldg\.?|block|tower)\s*(?:no\.?\s*)?(\d+)")
 _UNIT_BEFORE_EN = re.compile(r"(?:building|bldg\.?|block|tower)\s*(?:no\.?\s*)?(\d+)\s*(?:of|in|at|,)?\s*(?:the\s*)?$")
 _HOUSE_AFTER = re.compile(r"\s*第?(\d+)\s*号")
-_HOUSE_AFTER_EN = re.compile(r"[\s,]*(?:(?:near|at|outside|by|opposite|between)\s+)?(?:(?:no\.?|number|#)\s*)?(\d+)"
+_HOUSE_AFTER_EN = re.compile(r"[\s,.]*(?:(?:near|at|outside|by|opposite|between|around)\s+)?"
+                             r"(?:(?:no\.?|number|#)\s*)?(\d+)"
                              r"(?![\d.:]|\s*(?:st|nd|rd|th|days?|hours?|weeks?|months?|years?|times|am|pm|minutes?)\b)")
 _HOUSE_BEFORE_EN = re.compile(r"(?:no\.?\s*|#)?(\d+)[\s,]*$")
 
@@ -183,6 +187,9 @@ class Gazetteer:
         if kind_only is None:
             kind_only = self._names_a_kind(key)
         if key.isascii():
+            abbreviated = _ABBREVIATION.sub(lambda m: _ABBREVIATIONS[m.group()], key)
+            if abbreviated != key:  # residents write "Donghu Rd" for Donghu Road
+                self._add(abbreviated, target, kind_only)
             table, key = self._latin, squeeze(key)[0]
             self._latin_plain.setdefault(normalize(surface).strip(), key)
         else:

@@ -35,11 +35,11 @@ _STEMMER = Stemmer.Stemmer("english")
 # L2 penalties, chosen by 5-fold cross-validation over the shipped examples (`python -m classifiers.crossval`):
 # a light one keeps the category model from trusting a rare word absolutely (cross-validated category
 # accuracy 83.6 -> 84.7 %); the appeal-type model scored best without one.
-CATEGORY_L2 = 1e-3
+CATEGORY_L2 = 3e-4
 TYPE_L2 = 0.0
 # The penalty also flattens the category probabilities; their logits are multiplied by this factor, the one
 # with the least log loss over the same cross-validation's predictions, so `confidence` reads as a probability.
-CATEGORY_SCALE = 4.0
+CATEGORY_SCALE = 3.0
 # Part of the shipped model's cache key, so a model cached with other settings is not read back. Bump the
 # features number whenever `Featurizer` changes.
 TRAINING = f"features 2, averaged epochs, category L2 {CATEGORY_L2}, type L2 {TYPE_L2}, category scale {CATEGORY_SCALE}"

@@ -224,6 +224,9 @@ def test_chinese_and_full_width_numbers(gazetteer, text, grid):
     ("Donghu Xincun building 33", "QH-DH-02-02"),
     ("Donghu Lu 57", "QH-DH-01-01"),
     ("Mingzhu Xincheng", "QH-BY-03-03"),
+    ("Donghu Rd 57", "QH-DH-01-01"),  # street names as residents shorten them
+    ("pothole on Donghu Rd. No. 106", "QH-DH-02-03"),
+    ("street lights on Fenglin Rd around No. 150", "QH-XS-01-03"),
 ])
 def test_english_and_pinyin_names(gazetteer, text, grid):
     assert locate(gazetteer, text).grid == grid
@@ -231,6 +234,7 @@ def test_english_and_pinyin_names(gazetteer, text, grid):
 
 def test_english_bare_road_is_ambiguous(gazetteer):
     assert locate(gazetteer, "Donghu Road is flooded").candidates == DH_ROAD
+    assert locate(gazetteer, "Donghu Rd is flooded").candidates == DH_ROAD
 
 
 def test_latin_names_match_whole_words_only(gazetteer):
