@@ -31,11 +31,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import ahocorasick
 import numpy as np
 from rapidfuzz import fuzz
 
-from classifiers.normalize import any_character_of, normalize, romanize, squeeze
+from classifiers.normalize import PhraseFinder, any_character_of, normalize, romanize, squeeze
 from classifiers.pinyin import sound_table
 from classifiers.segment import Segmenter
 from gateway.domain.city import Place
@@ -171,11 +170,9 @@ class Gazetteer:
                 if pinyin.isascii() and len(pinyin) >= PINYIN_MIN:
                     for target in targets:
                         self._add(pinyin, target, kind_only=surface in self._kind_only)
-        # Every occurrence of every name in one Aho-Corasick pass (in C), Chinese over the text and
-        # Latin over its squeezed form: ~1 µs an appeal, where trying each name length at each
-        # position in Python took tens (hundreds for an English appeal).
-        self._chinese_names = _automaton(self._surfaces)
-        self._latin_names = _automaton(self._latin)
+        # Every occurrence of every name in one pass: Chinese over the text, Latin over its squeezed form.
+        self._chinese_names = PhraseFinder(self._surfaces)
+        self._latin_names = PhraseFinder(self._latin)
         self._build_fuzzy_index()
 
     def _add(self, surface: str, target: Place | Road, kind_only: bool | None = None) -> None:
@@ -223,14 +220,13 @@ class Gazetteer:
         spans: set[tuple[int, int]] | None = None
         found: list[Mention] = []
         pos = 0
-        for start, lengths in _occurrences(self._chinese_names, text):
+        for start, ends in _longest_first(self._chinese_names.spans(text)):
             if start < pos:
                 continue
-            for length in lengths:
-                end = start + length
+            for end in ends:
                 if not self._at_word_edges(text, start, end):
                     continue
-                if length <= SHORT_ALIAS:
+                if end - start <= SHORT_ALIAS:
                     if spans is None:
                         spans = self._word_spans(text, tokens)
                     if (start, end) not in spans:
@@ -252,10 +248,10 @@ class Gazetteer:
         ends = {end for _, end in words}
         found: list[Mention] = []
         covered = 0  # squeezed position up to which a found name reaches
-        for pos, lengths in _occurrences(self._latin_names, squeezed):
+        for pos, stops in _longest_first(self._latin_names.spans(squeezed)):
             if pos < covered or pos not in starts:
                 continue
-            stop = next((pos + length for length in lengths if pos + length in ends), None)
+            stop = next((stop for stop in stops if stop in ends), None)
             if stop is not None:
                 surface = squeezed[pos:stop]
                 hit = self._resolve(self._latin[surface], text, where[pos], where[stop - 1] + 1, surface)
@@ -458,25 +454,12 @@ class _Candidates:
         return [self._names[i] for i in np.flatnonzero(hits >= self._needed)]
 
 
-def _automaton(names: Iterable[str]) -> ahocorasick.Automaton:
-    """An Aho-Corasick automaton over `names`, each stored with its length."""
-    automaton = ahocorasick.Automaton()
-    for name in names:
-        automaton.add_word(name, len(name))
-    if len(automaton):
-        automaton.make_automaton()
-    return automaton
-
-
-def _occurrences(automaton: ahocorasick.Automaton, text: str) -> list[tuple[int, list[int]]]:
-    """(start, lengths of the names beginning there, longest first) for every position of `text`
-    where some name occurs, left to right."""
-    if not len(automaton):
-        return []
-    by_start: dict[int, list[int]] = defaultdict(list)
-    for last, length in automaton.iter(text):
-        by_start[last + 1 - length].append(length)
-    return [(start, sorted(by_start[start], reverse=True)) for start in sorted(by_start)]
+def _longest_first(spans: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+    """(start, the ends of the names beginning there, longest first) from `PhraseFinder.spans`."""
+    ends: dict[int, list[int]] = defaultdict(list)
+    for start, end in spans:
+        ends[start].append(end)
+    return [(start, found[::-1]) for start, found in ends.items()]
 
 
 def _merge(first: list[Mention], second: list[Mention]) -> list[Mention]:

@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Iterable
 from functools import cache
 
+import ahocorasick
 import opencc
 
 _DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7,
@@ -73,6 +74,25 @@ def any_character_of(characters: Iterable[str]) -> re.Pattern[str]:
     for where a name or phrase may begin with it skips the other positions at C speed."""
     chosen = "".join(sorted(characters))
     return re.compile(f"[{re.escape(chosen)}]" if chosen else "(?!)")
+
+
+class PhraseFinder:
+    """Every occurrence of a fixed set of phrases (keywords, place names) in a text, overlapping ones
+    included, in one Aho-Corasick pass (pyahocorasick, in C): ~1 µs for an SMS-length appeal, where
+    trying each phrase at each position in Python took tens of µs (hundreds for an English appeal)."""
+
+    def __init__(self, phrases: Iterable[str]):
+        self._automaton = ahocorasick.Automaton()
+        for phrase in phrases:
+            self._automaton.add_word(phrase, len(phrase))
+        if len(self._automaton):  # an automaton with no phrases cannot be built or searched
+            self._automaton.make_automaton()
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of every occurrence, left to right, shorter first where several start."""
+        if not len(self._automaton):
+            return []
+        return sorted((last + 1 - length, last + 1) for last, length in self._automaton.iter(text))
 
 
 @cache

@@ -273,4 +273,3 @@ def test_a_triage_acknowledgement_names_no_guess(language):
     assert guess.name not in text and guess.name_en not in text
     assert city.grids["QH-DH-01-01"].name not in text and city.grids["QH-DH-01-01"].name_en not in text
     assert ("正在核实" if language == "zh" else "being confirmed") in text
-
