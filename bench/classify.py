@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV_SET = ROOT / "tests" / "data" / "appeals-dev.jsonl"
+DEV_SET = ROOT / "config" / "classifier" / "examples-dev.jsonl"
 COLD_GOAL_S = 3.0
 THROUGHPUT_GOAL = 3000
 

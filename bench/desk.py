@@ -36,8 +36,8 @@ FIELDS = ("category", "department", "appeal_type")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labelled", type=Path, default=ROOT / "tests" / "data" / "appeals-dev.jsonl")
-    parser.add_argument("--also", type=Path, nargs="*", default=[ROOT / "config" / "classifier" / "holdout.jsonl"])
+    parser.add_argument("--labelled", type=Path, default=ROOT / "config" / "classifier" / "holdout-4.jsonl")
+    parser.add_argument("--also", type=Path, nargs="*", default=[ROOT / "config" / "classifier" / "holdout-3.jsonl"])
     parser.add_argument("--all", action="store_true", help="the desk settles every case of the half, not only "
                         "the triaged and misrouted ones")
     args = parser.parse_args()

@@ -13,7 +13,7 @@ import pytest
 
 from classifiers import build_classifier
 from classifiers.calibration import Row, choose, table
-from classifiers.crossval import cross_validate, fold_of, log_loss
+from classifiers.crossval import cross_validate, fold_of, log_loss, out_of_fold
 from classifiers.normalize import normalize, romanize, squeeze
 from classifiers.registry import SHIPPED, Registry, RegistryError
 from classifiers.text_model import Example, TextModel, train_softmax
@@ -104,6 +104,21 @@ def test_cross_validation_predicts_every_example_once(tmp_path):
     assert len(scores.truth) == len(scores.probabilities) == len(classifier.examples)
     assert 0.0 <= scores.category <= 1.0 and 0.0 <= scores.appeal_type <= 1.0
     assert all(abs(sum(row) - 1) < 1e-6 for row in scores.probabilities)
+
+
+def test_out_of_fold_scores_a_training_file_with_models_that_never_saw_its_appeals(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    settings = write_tiny_city(tmp_path)
+    own = settings.config_dir / "classifier" / "examples-own.jsonl"
+    own.write_text("".join(json.dumps({"text": text, "expected": {"category": "misc", "appeal_type": "ask"}},
+                                      ensure_ascii=False) + "\n" for text in ["户口本丢了", "户口本丢了怎么补"]),
+                   encoding="utf-8")
+    classifier = build_classifier(load_city(settings.city_dir), settings)
+    assert classifier.classify("户口本丢了", None).category == "misc"  # trained on it ...
+    assert fold_of("户口本丢了", 2) == fold_of("户口本丢了怎么补", 2)  # one fold: its model saw neither
+    report = out_of_fold(classifier, own, 2, settings.triage_department)
+    assert report["appeals"] == 2
+    assert report["accuracy"]["category"] == 0.0
 
 
 def test_log_loss_rewards_a_sharper_scale_only_when_the_model_is_right():
