@@ -149,22 +149,17 @@ def test_held_out_voices_floor(classifier):
     assert "by voice" in out.getvalue()
 
 
-def test_fourth_held_out_set_floor(classifier):
-    """holdout-4.jsonl, written blind (taxonomy, places and the dev set's convention only), never trained on."""
-    report = evaluate_file(Settings(config_dir=CONFIG), HOLDOUT_4, io.StringIO(), classifier)
-    assert report["accuracy"]["category"] >= 0.91
-    assert report["accuracy"]["appeal_type"] >= 0.76
-    assert report["accuracy"]["department"] >= 0.87  # triage counted as wrong
-    assert report["macro_f1"]["category"] >= 0.91
-
-
-def test_second_held_out_set_floor(classifier):
-    """holdout-2.jsonl, written after the first model's misses were known and never trained on."""
-    report = evaluate_file(Settings(config_dir=CONFIG), HOLDOUT_2, io.StringIO(), classifier)
-    assert report["accuracy"]["category"] >= 0.90
-    assert report["accuracy"]["appeal_type"] >= 0.81
-    assert report["accuracy"]["department"] >= 0.82  # triage counted as wrong
-    assert report["macro_f1"]["category"] >= 0.90
+@pytest.mark.parametrize(("path", "category", "appeal_type", "department"), [
+    (HOLDOUT_2, 0.92, 0.84, 0.88),  # written after the first model's misses were known
+    (HOLDOUT_4, 0.92, 0.80, 0.88),  # written blind (taxonomy, places and the dev set only) in the sixth pass
+])
+def test_later_held_out_set_floors(classifier, path, category, appeal_type, department):
+    """Files never trained on: floors a few points under the README figures (department: triage = wrong)."""
+    report = evaluate_file(Settings(config_dir=CONFIG), path, io.StringIO(), classifier)
+    assert report["accuracy"]["category"] >= category
+    assert report["accuracy"]["appeal_type"] >= appeal_type
+    assert report["accuracy"]["department"] >= department
+    assert report["macro_f1"]["category"] >= category
 
 
 @pytest.mark.parametrize(("text", "category"), [  # a newcomer's findings (issue 15)
