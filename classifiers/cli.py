@@ -106,7 +106,7 @@ def score(rows: Sequence[dict], results: Sequence[Classification], triage_depart
 
 
 def evaluate_file(settings: Settings, path: Path, out: TextIO, classifier: Classifier | None = None) -> dict:
-    """Score a labelled JSON-lines file (the format of appeals-dev.jsonl) and print a report."""
+    """Score a labelled JSON-lines file (the format of config/classifier/examples-dev.jsonl) and print a report."""
     rows = read_labelled(path)
     classifier = classifier or build_classifier(load_city(settings.city_dir), settings)
     classifier.classify(rows[0]["text"], rows[0].get("sender"))  # warm-up

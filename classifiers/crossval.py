@@ -8,7 +8,8 @@ tunes the model stops measuring how it does on appeals it has never seen.
     python -m classifiers.crossval --out-of-fold config/classifier/examples-dev.jsonl
 
 The second form measures a labelled file that is also training data (the maintainers' dev set): each of
-its appeals is classified, gazetteer and threshold included, by a model trained on every other example.
+its appeals is classified, gazetteer and threshold included, by a model trained on every example outside
+its fold of that file.
 """
 
 from __future__ import annotations
