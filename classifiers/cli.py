@@ -116,7 +116,7 @@ def evaluate_file(settings: Settings, path: Path, out: TextIO, classifier: Class
     report = score(rows, results, settings.triage_department)
     report["appeals_per_second"] = len(rows) / elapsed
     report["by_voice"] = by_voice(rows, results, settings.triage_department)
-    _print_report(report, path, out)
+    print_report(report, path, out)
     return report
 
 
@@ -161,7 +161,8 @@ def _macro_f1(truth: Sequence[str | None], predicted: Sequence[str | None]) -> f
     return sum(scores) / len(scores)
 
 
-def _print_report(report: dict, path: Path, out: TextIO) -> None:
+def print_report(report: dict, path: Path, out: TextIO) -> None:
+    """`gridline eval`'s report; the throughput line only where the report was timed."""
     print(f"{path}: {report['appeals']} appeals", file=out)
     for field, value in report["accuracy"].items():
         f1 = report["macro_f1"].get(field)
@@ -178,4 +179,5 @@ def _print_report(report: dict, path: Path, out: TextIO) -> None:
             print(f"  {voice:<12}{figures['appeals']:>4} {accuracy.get('category', 0):>9.1%} "
                   f"{accuracy.get('appeal_type', 0):>6.1%} {accuracy.get('department', 0):>6.1%} "
                   f"{f1.get('category', 0):>7.3f} {f1.get('appeal_type', 0):>8.3f}", file=out)
-    print(f"  throughput {report['appeals_per_second']:,.0f} appeals/s (one process, after warm-up)", file=out)
+    if "appeals_per_second" in report:
+        print(f"  throughput {report['appeals_per_second']:,.0f} appeals/s (one process, after warm-up)", file=out)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from classifiers.cli import read_labelled, score
+from classifiers.cli import InputError, by_voice, print_report, read_labelled, score
 from classifiers.model import AppealClassifier
 from classifiers.text_model import CATEGORY_L2, TYPE_L2, Example, TextModel
 from gateway.config import Settings
@@ -82,7 +83,9 @@ def out_of_fold(classifier: AppealClassifier, path: Path, folds: int, triage_dep
         for index, row in enumerate(rows):
             if fold_of(row["text"], folds) == k:
                 results[index] = twin.classify(row["text"], row.get("sender"))
-    return score(rows, results, triage_department)
+    report = score(rows, results, triage_department)
+    report["by_voice"] = by_voice(rows, results, triage_department)
+    return report
 
 
 def log_loss(truth: Sequence[float], rows: Sequence[Sequence[float]], scale: float) -> float:
@@ -103,12 +106,12 @@ def main() -> None:
     settings = Settings()
     classifier = AppealClassifier(load_city(settings.city_dir), settings)
     if args.out_of_fold:
-        report = out_of_fold(classifier, args.out_of_fold, args.folds, settings.triage_department)
-        print(f"{args.out_of_fold}: {report['appeals']} appeals, {args.folds}-fold out of fold")
-        for field, value in report["accuracy"].items():
-            f1 = report["macro_f1"].get(field)
-            print(f"  {field:<12} accuracy {value:6.1%}" + (f"   macro-F1 {f1:.3f}" if f1 is not None else ""))
-        print(f"  sent to triage (wrongly) {report['sent_to_triage']}")
+        try:
+            report = out_of_fold(classifier, args.out_of_fold, args.folds, settings.triage_department)
+        except InputError as error:  # a person's mistake: one line, exit code 2
+            parser.exit(2, f"crossval: {error}\n")
+        print(f"{args.folds}-fold, out of fold:")
+        print_report(report, args.out_of_fold, sys.stdout)
         return
     examples = classifier.examples
     print(f"{len(examples)} shipped examples, {args.folds}-fold")

@@ -14,6 +14,7 @@ import pytest
 from classifiers import build_classifier
 from classifiers.calibration import Row, choose, table
 from classifiers.crossval import cross_validate, fold_of, log_loss, out_of_fold
+from classifiers.crossval import main as crossval_main
 from classifiers.normalize import normalize, romanize, squeeze
 from classifiers.registry import SHIPPED, Registry, RegistryError
 from classifiers.text_model import Example, TextModel, train_softmax
@@ -252,6 +253,14 @@ def test_a_grid_only_settlement_is_stored_but_trains_no_category(sample_world):
 def test_eval_of_a_missing_file_is_one_line_and_exit_2(capsys):
     assert cli.main(["eval", "no/such/file.jsonl"]) == 2
     assert capsys.readouterr().err.strip() == "gridline eval: no/such/file.jsonl: no such file"
+
+
+def test_out_of_fold_of_a_missing_file_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["crossval", "--out-of-fold", "no/such/file.jsonl"])
+    with pytest.raises(SystemExit) as exited:
+        crossval_main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == "crossval: no/such/file.jsonl: no such file"
 
 
 def test_eval_of_a_file_without_labels_is_one_line_and_exit_2(tmp_path, capsys):
